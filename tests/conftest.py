@@ -58,3 +58,25 @@ def s3_server():
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_env(s3_server):
+    """Point boto3 in this process at the moto server and create the upload bucket."""
+    from botocore.exceptions import ClientError
+
+    from shared import storage
+    from tests.handler_support import UPLOAD_BUCKET
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_server.env().items():
+            patch.setenv(name, value)
+        patch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        storage.clear_s3_client_cache()
+        try:
+            s3_server.create_bucket(UPLOAD_BUCKET)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                raise
+        yield s3_server
+    storage.clear_s3_client_cache()

@@ -1,0 +1,126 @@
+"""Command line of the query path.
+
+    python -m handler identify --index DEST [--model ID_OR_DIR] [--top-k 5] [--json] PHOTO...
+    python -m handler serve [--host 127.0.0.1] [--port 8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from handler.query import DEFAULT_TOP_K, DEFAULT_VIEWS, MAX_TOP_K, Identification, Identifier
+from shared.encoder import DEFAULT_MODEL_ID, load_encoder
+from shared.errors import PlantIdError
+from shared.imaging import decode_image
+from shared.index_store import Index, load_index
+from shared.search import build_search
+
+logger = logging.getLogger("handler")
+
+TEST_MODEL_WARNING = (
+    "WARNING: {model} is a tiny randomly initialised test model; "
+    "these rankings mean nothing."
+)
+
+
+def top_k_argument(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid top-K {text!r}: expected an integer") from None
+    if not 1 <= value <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"top-K must be between 1 and {MAX_TOP_K}, got {value}")
+    return value
+
+
+def build_identify_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m handler identify",
+        description="Identify plant photos against a prototype index, as the inference function does.",
+    )
+    parser.add_argument("photos", nargs="+", type=Path, help="photos to identify")
+    parser.add_argument("--index", required=True, help="index location: a local folder or s3://bucket/prefix")
+    parser.add_argument("--model", help="Hugging Face model id or local folder (default: the model recorded in the index)")
+    parser.add_argument("--top-k", type=top_k_argument, default=DEFAULT_TOP_K, help=f"species to list per photo, 1 to {MAX_TOP_K} (default: %(default)s)")
+    parser.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="views per photo: the original plus test-time augmentations (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the encoder runs (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per photo instead of a table")
+    return parser
+
+
+def default_model(index: Index) -> str:
+    recorded = index.meta.get("model", {}) if isinstance(index.meta, dict) else {}
+    return recorded.get("id") or DEFAULT_MODEL_ID
+
+
+def format_table(photo: Path, result: Identification) -> str:
+    lines = [f"{photo}  (index {result.index_version}, {result.views} views, {result.elapsed_ms:.0f} ms)"]
+    lines.append(f"  {'rank':>4}  {'plant id':<12}  {'score':>7}  name")
+    for match in result.matches:
+        name = match.scientific_name or ""
+        if match.common_name:
+            name = f"{name} ({match.common_name})" if name else match.common_name
+        lines.append(f"  {match.rank:>4}  {match.plant_id:<12}  {match.score:>7.4f}  {name}")
+    return "\n".join(lines)
+
+
+def run_identify(argv: Sequence[str]) -> int:
+    args = build_identify_parser().parse_args(argv)
+
+    index = load_index(args.index)
+    model = args.model or default_model(index)
+    encoder = load_encoder(model, device=args.device)
+    if encoder.is_test_model:
+        print(TEST_MODEL_WARNING.format(model=model), file=sys.stderr)
+    identifier = Identifier(encoder, index, build_search(index.embeddings, index.plant_ids), views=args.views)
+
+    failures = 0
+    for photo in args.photos:
+        try:
+            image = decode_image(photo.read_bytes())
+        except OSError as error:
+            failures += 1
+            print(f"{photo}: error: cannot read the file ({error.strerror or error})", file=sys.stderr)
+            continue
+        except PlantIdError as error:
+            failures += 1
+            print(f"{photo}: error: {error.message}", file=sys.stderr)
+            continue
+
+        result = identifier.identify(image, top_k=args.top_k)
+        if args.json:
+            print(json.dumps({"photo": str(photo), **result.to_dict()}, ensure_ascii=False))
+        else:
+            print(format_table(photo, result))
+
+    if failures:
+        print(f"{failures} of {len(args.photos)} photos could not be identified", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def run_serve(argv: Sequence[str]) -> int:
+    from handler.serve import serve
+
+    return serve(argv)
+
+
+COMMANDS = {"identify": run_identify, "serve": run_serve}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m handler {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except PlantIdError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,243 @@
+"""The torch backend of the image encoder: transformers' CLIPVisionModelWithProjection.
+
+Pixel values come from shared.preprocess.to_pixel_values, the same function the ONNX
+backend uses, so both backends see identical input. The model runs in float32 on the CPU
+and on CUDA alike, so embeddings from either device agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.encoder import (
+    CONFIG_FILE,
+    batch_ranges,
+    configured_threads,
+    hub_unreachable_message,
+    is_test_model_config,
+    l2_normalize,
+    read_json_file,
+)
+from shared.errors import ConfigError, ModelLoadError
+from shared.preprocess import PreprocessConfig, to_pixel_values
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_torch_device(device: str) -> str:
+    """Map "auto" to "cuda" when torch.cuda.is_available(), else to "cpu".
+
+    Raises ModelLoadError for "cuda" when no GPU is available.
+    """
+    cuda_available = torch.cuda.is_available()
+    if device == "auto":
+        return "cuda" if cuda_available else "cpu"
+    if device == "cuda" and not cuda_available:
+        raise ModelLoadError("device 'cuda' requested but torch.cuda.is_available() is False: pass --device cpu or auto")
+    return device
+
+
+def apply_thread_setting() -> None:
+    """Set torch's intra-op thread count from PLANT_ID_THREADS or OMP_NUM_THREADS, if set.
+
+    torch.set_num_threads can fail in restricted sandboxes such as AWS Lambda. The failure
+    is logged and torch keeps its default.
+    """
+    threads = configured_threads()
+    if threads is None:
+        return
+    try:
+        torch.set_num_threads(threads)
+    except (RuntimeError, ValueError, OSError) as error:
+        logger.warning("torch.set_num_threads(%d) failed, keeping %d threads: %s", threads, torch.get_num_threads(), error)
+        return
+    logger.info("torch uses %d intra-op threads", threads)
+
+
+class _DropLoadReport(logging.Filter):
+    """Drop the load report that from_pretrained logs as a warning.
+
+    The report lists text-tower weights that the vision model does not use, which is
+    expected for a full CLIP checkpoint. Missing weights are checked separately.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_transformers_loading() -> Iterator[None]:
+    """Silence the load report and the progress bar that from_pretrained prints."""
+    from transformers.utils import logging as transformers_logging
+
+    # A filter rather than a level, because raising this logger's level turns on extra checks.
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    report_filter = _DropLoadReport()
+    progress_enabled = transformers_logging.is_progress_bar_enabled()
+    report_logger.addFilter(report_filter)
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        report_logger.removeFilter(report_filter)
+        if progress_enabled:
+            transformers_logging.enable_progress_bar()
+
+
+def _hub_offline() -> bool:
+    """Return True when HF_HUB_OFFLINE is set now or was set when huggingface_hub was imported."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _load_hub_model(model: str) -> tuple[Any, dict[str, Any]]:
+    """Load from the local Hugging Face cache first, and from the hub only when not cached."""
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(model, local_files_only=True, output_loading_info=True)
+    except OSError as error:
+        logger.info("model %s is not in the local Hugging Face cache (%s)", model, error)
+
+    if _hub_offline():
+        raise ModelLoadError(hub_unreachable_message(model))
+
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(model, output_loading_info=True)
+    except OSError as error:
+        logger.error("could not download model %s from the Hugging Face hub: %s", model, error)
+        if "couldn't connect" in str(error).lower() or "connection" in str(error).lower():
+            raise ModelLoadError(hub_unreachable_message(model)) from error
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: {error}. Pass a local folder made by save_pretrained "
+            "(--model DIR, or MODEL=DIR for make demo)."
+        ) from error
+
+
+def _load_folder_model(folder: Path) -> tuple[Any, dict[str, Any]]:
+    from transformers import CLIPVisionModelWithProjection
+
+    try:
+        return CLIPVisionModelWithProjection.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelLoadError(f"could not load a CLIP vision model from folder {folder}: {error}") from error
+
+
+def _hub_file(model: str, filename: str) -> Path | None:
+    """Return the cached copy of a hub repository file, or None when it is not cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, filename)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _hub_revision(config_path: Path | None) -> str | None:
+    """Return the commit hash from a cache path like .../snapshots/<commit>/config.json."""
+    if config_path is None or config_path.parent.parent.name != "snapshots":
+        return None
+    return config_path.parent.name
+
+
+def _hub_processor_dict(model: str) -> dict[str, Any]:
+    """Read a hub model's image processor settings, from the local cache first."""
+    from transformers import CLIPImageProcessor
+
+    try:
+        return CLIPImageProcessor.from_pretrained(model, local_files_only=True).to_dict()
+    except OSError as error:
+        if _hub_offline():
+            raise
+        logger.info("image processor of %s is not in the local Hugging Face cache (%s)", model, error)
+    return CLIPImageProcessor.from_pretrained(model).to_dict()
+
+
+def _load_preprocess(model: str, folder: Path | None) -> PreprocessConfig:
+    try:
+        if folder is not None:
+            return PreprocessConfig.from_pretrained(folder)
+        return PreprocessConfig.from_dict(_hub_processor_dict(model))
+    except (ConfigError, OSError) as error:
+        message = error.message if isinstance(error, ConfigError) else str(error)
+        raise ModelLoadError(f"could not load the image processor settings of {model!r}: {message}") from error
+
+
+@dataclass
+class TorchImageEncoder:
+    """CLIP image encoder running transformers' CLIPVisionModelWithProjection in float32."""
+
+    model: Any
+    model_id: str
+    revision: str | None
+    dimension: int
+    device: str
+    is_test_model: bool
+    preprocess: PreprocessConfig
+    backend: str = "torch"
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
+        ranges = batch_ranges(len(images), batch_size)
+        if not ranges:
+            return np.empty((0, self.dimension), dtype=np.float32)
+
+        outputs = []
+        with torch.inference_mode():
+            for start, stop in ranges:
+                pixel_values = to_pixel_values(images[start:stop], self.preprocess)
+                tensor = torch.from_numpy(pixel_values).to(self.device)
+                embeds = self.model(pixel_values=tensor).image_embeds
+                outputs.append(embeds.float().cpu().numpy())
+        return l2_normalize(np.concatenate(outputs, axis=0))
+
+
+def load_torch_encoder(model: str, *, folder: Path | None, device: str) -> TorchImageEncoder:
+    """Load CLIPVisionModelWithProjection from a hub id or a save_pretrained folder.
+
+    Raises ModelLoadError when the model cannot be loaded or when any vision weight is
+    missing from the checkpoint, because transformers would fill those randomly.
+    """
+    apply_thread_setting()
+
+    with _quiet_transformers_loading():
+        if folder is not None:
+            vision_model, loading_info = _load_folder_model(folder)
+        else:
+            vision_model, loading_info = _load_hub_model(model)
+
+    missing = sorted(loading_info.get("missing_keys", []))
+    if missing:
+        listed = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ModelLoadError(
+            f"model {model!r} has no weights for {len(missing)} vision parameters ({listed}): "
+            "pass a CLIP checkpoint that includes the vision tower and visual projection"
+        )
+
+    if folder is not None:
+        config_path: Path | None = folder / CONFIG_FILE
+        revision = None
+    else:
+        config_path = _hub_file(model, CONFIG_FILE)
+        revision = _hub_revision(config_path)
+    raw_config = read_json_file(config_path) if config_path is not None else {}
+
+    vision_model = vision_model.to(device=device, dtype=torch.float32).eval()
+    return TorchImageEncoder(
+        model=vision_model,
+        model_id=model,
+        revision=revision,
+        dimension=int(vision_model.config.projection_dim),
+        device=device,
+        is_test_model=is_test_model_config(raw_config),
+        preprocess=_load_preprocess(model, folder),
+    )
