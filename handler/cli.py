@@ -22,10 +22,6 @@ from shared.search import build_search
 
 logger = logging.getLogger("handler")
 
-TEST_MODEL_WARNING = (
-    "WARNING: {model} is a tiny randomly initialised test model; "
-    "these rankings mean nothing."
-)
 
 
 def top_k_argument(text: str) -> int:
@@ -50,6 +46,7 @@ def build_identify_parser() -> argparse.ArgumentParser:
     parser.add_argument("--views", type=int, default=DEFAULT_VIEWS, help="views per photo: the original plus test-time augmentations (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the encoder runs (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per photo instead of a table")
+    parser.add_argument("--verbose", action="store_true", help="log progress at INFO level, not only warnings")
     return parser
 
 
@@ -71,12 +68,13 @@ def format_table(photo: Path, result: Identification) -> str:
 
 def run_identify(argv: Sequence[str]) -> int:
     args = build_identify_parser().parse_args(argv)
+    if args.verbose:
+        logging.getLogger().setLevel(logging.INFO)
 
     index = load_index(args.index)
     model = args.model or default_model(index)
+    # The encoder logs a warning when it detects the tiny test model.
     encoder = load_encoder(model, device=args.device)
-    if encoder.is_test_model:
-        print(TEST_MODEL_WARNING.format(model=model), file=sys.stderr)
     identifier = Identifier(encoder, index, build_search(index.embeddings, index.plant_ids), views=args.views)
 
     failures = 0
@@ -114,7 +112,7 @@ COMMANDS = {"identify": run_identify, "serve": run_serve}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m handler {{{','.join(COMMANDS)}}} ...", file=sys.stderr)

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
-        help="uvicorn log level (default: %(default)s)",
+        help="log level of the service and uvicorn (default: %(default)s)",
     )
     return parser
 
@@ -55,6 +55,7 @@ def serve(argv: Sequence[str]) -> int:
     from handler.app import create_app
 
     args = build_parser().parse_args(list(argv))
+    logging.getLogger().setLevel(args.log_level.upper())
     settings = settings_from_args(args)
 
     logger.info("serving index %s with model %s on http://%s:%d", settings.index_location, settings.model, args.host, args.port)

@@ -26,10 +26,6 @@ logger = logging.getLogger("indexer")
 # Replaced in --out by the shard number, so every job of an array job writes its own part.
 SHARD_PLACEHOLDER = "{shard}"
 
-TEST_MODEL_WARNING = (
-    "WARNING: {model} is a tiny randomly initialised test model. "
-    "Its rankings mean nothing; use it only to check the pipeline."
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +125,8 @@ def run_build(args: argparse.Namespace) -> int:
         logger.info("shard %d/%d: %d photos", shard.index, shard.count, len(photos))
 
     # Step 2: encode the photos and their augmentations.
+    # The encoder logs a warning when it detects the tiny test model.
     encoder = load_encoder(args.model, device=args.device)
-    if encoder.is_test_model:
-        print(TEST_MODEL_WARNING.format(model=args.model), file=sys.stderr)
     result = build_prototypes(
         photos, encoder, recipe, args.augmentations, args.seed,
         batch_size=args.batch_size, progress=not args.no_progress,
