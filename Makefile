@@ -12,7 +12,12 @@ QUERIES ?= tests/data/queries
 CSV ?= $(wildcard $(IMAGES)/../species.csv)
 DEMO_INDEX ?= build/demo-index
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean serve browser
+
+# Debian's Chromium for the browser tests and for looking at the page; Playwright drives
+# it and never downloads a browser of its own. Needs root (or sudo) to install.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 venv: $(STAMP)
 
@@ -22,11 +27,21 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "installing Chromium from Debian's packages"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+# S3 (moto), an index of $(IMAGES), the API and the web page on 127.0.0.1 until Ctrl-C.
+serve: $(STAMP) browser
+	$(PY) -m infra.local_stack --model "$(MODEL)" --images "$(IMAGES)" $(if $(CSV),--csv "$(CSV)")
+
 demo: $(STAMP)
 	$(PY) -m indexer --images "$(IMAGES)" --out "$(DEMO_INDEX)" --model "$(MODEL)" $(if $(CSV),--csv "$(CSV)")
 	$(PY) -m handler identify --index "$(DEMO_INDEX)" --model "$(MODEL)" "$(QUERIES)"/*
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -3,16 +3,20 @@
     .venv/bin/python -m bench.query_latency --model DIR --index DEST
     .venv/bin/python -m bench.query_latency --model DIR --index DEST --search-sizes 1000,100000
 
-Prints the machine and the settings, then three tables:
+Prints the machine and the settings, then four tables:
 
 1. Cold start, measured in a fresh Python process: imports of the application, model load
    (including the torch or onnxruntime import), index load (validation, search backend,
-   Identifier) and the first POST /identify response.
+   Identifier) and the first POST /identify response, and whether torch was imported.
 2. Warm POST /identify, p50 and p95 over the sample query photos (tests/data/queries by
-   default), with 8 views and with 1 view. Requests go through the FastAPI application in
-   process (starlette's TestClient), so the numbers include multipart parsing, decoding,
-   the views, the encoder and the search, but no network.
-3. Top-K search over 1k, 100k and 1M random unit prototypes with the backend that
+   default, about 512 pixels on the long side) with 8 views and with 1 view, and over a
+   12-megapixel JPEG made by upscaling the first sample photo, with 8 views. Requests go
+   through the FastAPI application in process (starlette's TestClient), so the numbers
+   include multipart parsing, decoding, the views, the encoder and the search, but no
+   network.
+3. The parts of a warm 8-view query, called directly: decoding, shrinking and making the
+   views, preprocessing and encoding them as one batch, and the search.
+4. Top-K search over 1k, 100k and 1M random unit prototypes with the backend that
    shared.search.build_search picks for that size (bench/search.py compares backends in detail).
 
 Thread counts follow PLANT_ID_THREADS or OMP_NUM_THREADS.
@@ -21,7 +25,9 @@ Thread counts follow PLANT_ID_THREADS or OMP_NUM_THREADS.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -33,6 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PHOTOS = REPO_ROOT / "tests" / "data" / "queries"
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
+# Pixels of the large test photo, the size of a typical phone camera photo.
+LARGE_PHOTO_PIXELS = 12_000_000
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.query_latency", description=__doc__.splitlines()[0])
@@ -43,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=5, help="top-K of each request (default: %(default)s)")
     parser.add_argument("--search-sizes", default="1000,100000,1000000", help="prototype counts of the search table (default: %(default)s)")
     parser.add_argument("--search-queries", type=int, default=20, help="timed queries per search size (default: %(default)s)")
+    parser.add_argument("--precision", default="auto", help="encoder precision, as PLANT_ID_PRECISION (default: %(default)s)")
     parser.add_argument("--cold-start-child", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -62,13 +72,13 @@ def cold_start_child(args: argparse.Namespace) -> None:
     from handler.state import ServiceState
     timings["imports_s"] = time.perf_counter() - started
 
-    settings = Settings(index_location=args.index, model=args.model)
+    settings = Settings(index_location=args.index, model=args.model, precision=args.precision)
     state = ServiceState(settings)
 
     started = time.perf_counter()
     from shared.encoder import load_encoder
 
-    load_encoder(settings.model)
+    load_encoder(settings.model, precision=settings.precision)
     timings["model_load_s"] = time.perf_counter() - started
 
     # The encoder is cached now, so warm_up spends its time on the index.
@@ -86,13 +96,14 @@ def cold_start_child(args: argparse.Namespace) -> None:
     if response.status_code != 200:
         raise SystemExit(f"the first request failed with {response.status_code}: {response.text}")
 
-    print(json.dumps(timings))
+    heavy = sorted(name for name in ("torch", "torchvision", "transformers") if name in sys.modules)
+    print(json.dumps({**timings, "heavy_modules": heavy, "precision": state.encoder.precision}))
 
 
 def measure_cold_start(args: argparse.Namespace) -> dict[str, float]:
     command = [
         sys.executable, "-m", "bench.query_latency", "--cold-start-child",
-        "--model", args.model, "--index", args.index, "--photos", str(args.photos),
+        "--model", args.model, "--index", args.index, "--photos", str(args.photos), "--precision", args.precision,
     ]
     completed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
@@ -110,15 +121,26 @@ def query_photos(folder: Path) -> list[Path]:
     return photos
 
 
-def measure_warm(args: argparse.Namespace, views: int, photos: list[Path]) -> list[float]:
+def large_photo(photo: Path) -> bytes:
+    """Return `photo` upscaled to about LARGE_PHOTO_PIXELS pixels as a JPEG of quality 90."""
+    from PIL import Image
+
+    image = Image.open(photo).convert("RGB")
+    scale = math.sqrt(LARGE_PHOTO_PIXELS / (image.width * image.height))
+    size = (round(image.width * scale), round(image.height * scale))
+    buffer = io.BytesIO()
+    image.resize(size, Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def measure_warm(args: argparse.Namespace, views: int, payloads: list[tuple[str, bytes]]) -> list[float]:
     """Return the latency in seconds of every POST /identify, after one warm-up request."""
     from starlette.testclient import TestClient
 
     from handler.app import create_app
     from handler.config import Settings
 
-    settings = Settings(index_location=args.index, model=args.model, views=views)
-    payloads = [(photo.name, photo.read_bytes()) for photo in photos]
+    settings = Settings(index_location=args.index, model=args.model, views=views, precision=args.precision)
     latencies = []
 
     with TestClient(create_app(settings)) as client:
@@ -131,6 +153,40 @@ def measure_warm(args: argparse.Namespace, views: int, photos: list[Path]) -> li
                 if response.status_code != 200:
                     raise SystemExit(f"{payload[0]}: {response.status_code} {response.text}")
     return latencies
+
+
+def measure_parts(args: argparse.Namespace, payload: bytes, repeat: int) -> dict[str, float]:
+    """Return the median seconds of each part of a warm 8-view query of one photo, called directly."""
+    from handler.query import DEFAULT_VIEWS
+    from shared.augment import query_views
+    from shared.encoder import load_encoder, mean_embedding
+    from shared.imaging import decode_image
+    from shared.index_store import load_index
+    from shared.preprocess import shrink_for_views, view_source_side
+    from shared.search import build_search
+
+    encoder = load_encoder(args.model, precision=args.precision)
+    index = load_index(args.index)
+    search = build_search(index.embeddings, index.plant_ids)
+    target_size = view_source_side(encoder.preprocess)
+
+    parts: dict[str, list[float]] = {"decode": [], "views": [], "encode": [], "search": [], "total": []}
+    for attempt in range(repeat + 1):
+        started = time.perf_counter()
+        image = decode_image(payload, target_size=target_size)
+        decoded = time.perf_counter()
+        views = query_views(shrink_for_views(image, encoder.preprocess), DEFAULT_VIEWS)
+        viewed = time.perf_counter()
+        query = mean_embedding(encoder.encode(views, batch_size=DEFAULT_VIEWS))
+        encoded = time.perf_counter()
+        search.search(query[None, :], args.top_k)
+        searched = time.perf_counter()
+        if attempt == 0:
+            continue  # warm-up
+        for name, seconds in (("decode", decoded - started), ("views", viewed - decoded), ("encode", encoded - viewed),
+                              ("search", searched - encoded), ("total", searched - started)):
+            parts[name].append(seconds)
+    return {name: statistics.median(values) for name, values in parts.items()}
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -176,8 +232,8 @@ def print_header(args: argparse.Namespace) -> None:
 
     threads = os.environ.get("PLANT_ID_THREADS") or os.environ.get("OMP_NUM_THREADS") or "library default"
     print(f"CPU: {cpu_model()}, cores usable: {len(os.sched_getaffinity(0))}, load average: {os.getloadavg()[0]:.2f}")
-    print(f"Python {sys.version.split()[0]}, threads: {threads}")
-    print(f"model: {args.model}")
+    print(f"Python {sys.version.split()[0]}, threads: {threads}, date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"model: {args.model} (precision {args.precision})")
     print(f"index: {args.index}")
     print(f"photos: {args.photos} x {args.repeat} passes, top-K {args.top_k}")
     print()
@@ -197,19 +253,34 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {'model load':<14} {cold['model_load_s']:>8.2f} s")
     print(f"  {'index load':<14} {cold['index_load_s']:>8.2f} s")
     print(f"  {'first response':<14} {cold['first_response_s']:>8.2f} s")
-    print(f"  {'total':<14} {sum(cold.values()):>8.2f} s")
+    total = sum(value for key, value in cold.items() if key.endswith("_s"))
+    print(f"  {'total':<14} {total:>8.2f} s")
+    print(f"  encoder precision {cold['precision']}; torch, torchvision or transformers imported: "
+          f"{', '.join(cold['heavy_modules']) or 'none'}")
     print()
 
     photos = query_photos(args.photos)
+    payloads = [(photo.name, photo.read_bytes()) for photo in photos]
+    large = large_photo(photos[0])
     print("Warm POST /identify (in process)")
-    print(f"  {'views':>5} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8}")
-    for views in (8, 1):
-        latencies = measure_warm(args, views, photos)
+    print(f"  {'photo':<22} {'views':>5} {'requests':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    cases = [("sample photos", 8, payloads), ("sample photos", 1, payloads),
+             (f"{LARGE_PHOTO_PIXELS // 1_000_000} MP JPEG {len(large) // 1000} kB", 8, [("large.jpg", large)] * len(payloads))]
+    for label, views, case_payloads in cases:
+        latencies = measure_warm(args, views, case_payloads)
         print(
-            f"  {views:>5} {len(latencies):>8} {percentile(latencies, 0.5) * 1000:>8.1f} "
+            f"  {label:<22} {views:>5} {len(latencies):>8} {percentile(latencies, 0.5) * 1000:>8.1f} "
             f"{percentile(latencies, 0.95) * 1000:>8.1f}",
             flush=True,
         )
+    print()
+
+    print("Parts of a warm 8-view query, median ms (called directly, no HTTP)")
+    print(f"  {'photo':<22} {'decode':>7} {'views':>7} {'encode':>7} {'search':>7} {'total':>7}")
+    for label, payload in (("sample photo", payloads[0][1]), (f"{LARGE_PHOTO_PIXELS // 1_000_000} MP JPEG", large)):
+        parts = measure_parts(args, payload, args.repeat * 4)
+        print(f"  {label:<22} " + " ".join(f"{parts[name] * 1000:>7.1f}" for name in ("decode", "views", "encode", "search", "total")),
+              flush=True)
     print()
 
     sizes = [int(size) for size in args.search_sizes.split(",") if size.strip()]

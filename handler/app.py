@@ -4,7 +4,9 @@ Endpoints (OpenAPI docs at /docs):
 
 * POST /identify: a photo as the multipart field `file`, or JSON {"key": "uploads/..."}
   naming an object in the upload bucket; `top_k` (1..PLANT_ID_TOP_K_MAX, default 5) as a
-  query parameter or as a form or JSON field (the body field wins).
+  query parameter or as a form or JSON field (the body field wins). Up to MAX_PHOTOS photos
+  of the same plant (repeated `file` fields, or JSON {"keys": [...]}) combine into one
+  query; the error about a photo that cannot be used names it by position and file name.
 * POST /uploads: a presigned POST form for sending a photo straight to S3.
 * GET /health: whether the model and the index are loaded. 503 while no index serves.
 
@@ -36,9 +38,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from handler.config import MAX_KEY_LENGTH, Settings
+from handler.query import MAX_PHOTOS
 from handler.state import ServiceState
+from handler.thumbnails import router as thumbnails_router
+from handler.thumbnails import thumbnail_path
 from handler.uploads import create_presigned_upload, read_upload, require_bucket, validate_upload_key
-from shared.errors import ImageTooLargeError, PlantIdError
+from shared.errors import ImageError, ImageTooLargeError, PlantIdError
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +60,10 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 # Body limit of every request other than POST /identify.
 SMALL_BODY_BYTES = 64 * 1024
 
+# File parts that a multipart POST /identify may carry before the form parser rejects it
+# outright; between MAX_PHOTOS + 1 and this, the error states the photo limit.
+MAX_FILE_PARTS = 4 * MAX_PHOTOS
+
 IDENTIFY_PATH = "/identify"
 
 
@@ -67,6 +76,9 @@ class MatchModel(BaseModel):
     scientific_name: str | None
     common_name: str | None
     score: float = Field(description="cosine similarity between the query embedding and the prototype")
+    thumbnail_url: str = Field(
+        description="path of the species' reference thumbnail, relative to the API base URL (GET /species/{plant_id}/thumbnail)"
+    )
 
 
 class IdentifyResponse(BaseModel):
@@ -75,13 +87,30 @@ class IdentifyResponse(BaseModel):
     index_version: str
     elapsed_ms: float = Field(description="time spent encoding the views and searching, in milliseconds")
     views: int = Field(description="the photo plus its test-time augmentations")
+    photos: int = Field(default=1, description="photos of the plant combined into this query")
+    confident: bool = Field(
+        description="false when the top match fails the index's rejection rule (minimum top-1 score and "
+        "margin over the second species); true when it passes or the index stores no rule"
+    )
+    no_confident_match: bool = Field(
+        description="true when `confident` is false: the photo may show a species that is not in the index, "
+        "and `matches` lists only the closest species"
+    )
     test_model: bool | None = Field(
         default=None, description="present and true when the encoder is the tiny test model"
     )
 
 
 class IdentifyByKey(BaseModel):
-    key: str = Field(description="key of an uploaded photo in the upload bucket, such as uploads/<name>.jpg")
+    key: str | None = Field(
+        default=None, description="key of an uploaded photo in the upload bucket, such as uploads/<name>.jpg"
+    )
+    keys: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_PHOTOS,
+        description=f"keys of 1 to {MAX_PHOTOS} uploaded photos of the same plant, combined into one query",
+    )
     top_k: int | None = None
 
 
@@ -120,6 +149,7 @@ def identification_body(result: Any, encoder: Any) -> dict[str, Any]:
                 "scientific_name": match.scientific_name,
                 "common_name": match.common_name,
                 "score": match.score,
+                "thumbnail_url": thumbnail_path(match.plant_id),
             }
             for match in result.matches
         ],
@@ -127,6 +157,9 @@ def identification_body(result: Any, encoder: Any) -> dict[str, Any]:
         "index_version": result.index_version,
         "elapsed_ms": result.elapsed_ms,
         "views": result.views,
+        "photos": getattr(result, "photos", 1),
+        "confident": result.confident,
+        "no_confident_match": not result.confident,
     }
     if getattr(encoder, "is_test_model", False):
         body["test_model"] = True
@@ -139,14 +172,51 @@ def identify_bytes(state: ServiceState, data: bytes, top_k: int) -> dict[str, An
     Raises the shared errors: 503 while the service is unavailable, ImageError subclasses
     for bad photos. Blocking: run it in a worker thread from async code.
     """
+    return identify_photos(state, [("", data)], top_k)
+
+
+def photo_label(position: int, name: str) -> str:
+    """Name a photo of a request in error messages: "photo 2 (leaf.jpg)", or "photo 2" without a name."""
+    return f"photo {position} ({name})" if name else f"photo {position}"
+
+
+def labelled_error(error: PlantIdError, position: int, name: str) -> PlantIdError:
+    """Return an error of the same class whose message starts with the photo's label."""
+    return type(error)(f"{photo_label(position, name)}: {error.message}")
+
+
+def identify_photos(state: ServiceState, photos: list[tuple[str, bytes]], top_k: int) -> dict[str, Any]:
+    """Decode 1 to MAX_PHOTOS photos of one plant, identify them as one query and return the JSON body.
+
+    `photos` holds (name, bytes) pairs, where the name is a file name or an upload key. When
+    several photos cannot be decoded, the error has the class (and so the HTTP status) of the
+    first failure and its message names every bad photo by position and name. A single
+    photo's error message is unchanged. Blocking: run it in a worker thread from async code.
+    """
     from shared.imaging import DecodeLimits, decode_image
+    from shared.preprocess import view_source_side
 
     identifier = state.identifier()
 
     limits = DecodeLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_pixels)
-    image = decode_image(data, limits)
+    # Large JPEGs decode at reduced size, no smaller than the views need.
+    target_size = view_source_side(identifier.encoder.preprocess)
+    images = []
+    failures: list[tuple[int, str, ImageError]] = []
+    for position, (name, data) in enumerate(photos, start=1):
+        try:
+            images.append(decode_image(data, limits, target_size=target_size))
+        except ImageError as error:
+            failures.append((position, name, error))
 
-    result = identifier.identify(image, top_k=top_k)
+    if failures and len(photos) == 1:
+        raise failures[0][2]
+    if failures:
+        first = failures[0][2]
+        message = "; ".join(f"{photo_label(position, name)}: {error.message}" for position, name, error in failures)
+        raise type(first)(message) from first
+
+    result = identifier.identify_many(images, top_k=top_k)
     return identification_body(result, identifier.encoder)
 
 
@@ -243,6 +313,45 @@ def _validate_top_k(adapter: TypeAdapter[int], value: Any, location: tuple[str, 
         ) from None
 
 
+def _check_key_or_keys(by_key: IdentifyByKey) -> None:
+    """Raise FastAPI's 422 error unless exactly one of "key" and "keys" is present."""
+    if by_key.key is None and by_key.keys is None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "missing",
+                    "loc": ("body", "key"),
+                    "msg": 'Field required: send "key" (one upload key) or "keys" (a list of upload keys)',
+                    "input": None,
+                }
+            ]
+        )
+    if by_key.key is not None and by_key.keys is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "keys"),
+                    "msg": 'send either "key" or "keys", not both',
+                    "input": None,
+                }
+            ]
+        )
+
+
+def _too_many_photos_error(count: int) -> RequestValidationError:
+    return RequestValidationError(
+        [
+            {
+                "type": "too_long",
+                "loc": ("body", "file"),
+                "msg": f"too many photos: send 1 to {MAX_PHOTOS} photos of the same plant per request, got {count}",
+                "input": None,
+            }
+        ]
+    )
+
+
 def _missing_file_error() -> RequestValidationError:
     return RequestValidationError(
         [
@@ -258,7 +367,8 @@ def _missing_file_error() -> RequestValidationError:
 
 async def _read_form(request: Request) -> Any:
     try:
-        return await request.form(max_files=2, max_fields=8)
+        # More file parts than MAX_PHOTOS are parsed so that the error names the limit.
+        return await request.form(max_files=MAX_FILE_PARTS, max_fields=8)
     except StarletteHTTPException as error:
         raise PlantIdError(f"invalid multipart body: {error.detail}") from error
 
@@ -276,6 +386,20 @@ async def _read_json(request: Request) -> Any:
                     "msg": "JSON decode error",
                     "input": {},
                     "ctx": {"error": error.msg},
+                }
+            ]
+        ) from None
+    except UnicodeDecodeError as error:
+        # json.loads decodes bytes as UTF-8, UTF-16 or UTF-32 first, and raises this error,
+        # not JSONDecodeError, for bytes that are none of them.
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", error.start),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": f"the body is not UTF-8 text ({error.reason})"},
                 }
             ]
         ) from None
@@ -339,6 +463,7 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
         )
 
     _add_exception_handlers(app)
+    app.include_router(thumbnails_router)
 
     @app.post(
         IDENTIFY_PATH,
@@ -353,7 +478,13 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                             "type": "object",
                             "required": ["file"],
                             "properties": {
-                                "file": {"type": "string", "format": "binary"},
+                                "file": {
+                                    "type": "array",
+                                    "items": {"type": "string", "format": "binary"},
+                                    "minItems": 1,
+                                    "maxItems": MAX_PHOTOS,
+                                    "description": f"1 to {MAX_PHOTOS} photos of the same plant, one `file` field each",
+                                },
                                 "top_k": {"type": "integer", "minimum": 1, "maximum": settings.top_k_max},
                             },
                         }
@@ -374,7 +505,10 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
             description=f"number of species to return (default {settings.default_top_k})",
         ),
     ) -> JSONResponse:
-        """Identify the plant in a photo sent as the multipart field `file` or named by an upload key."""
+        """Identify the plant in 1 to 5 photos sent as multipart fields `file` or named by upload keys.
+
+        Several photos must show the same plant: their query embeddings are averaged into one query.
+        """
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         chosen_top_k = top_k if top_k is not None else settings.default_top_k
 
@@ -386,25 +520,44 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
                 raise RequestValidationError(
                     [{**item, "loc": ("body", *item["loc"])} for item in error.errors(include_url=False)]
                 ) from None
+            _check_key_or_keys(by_key)
             if by_key.top_k is not None:
                 chosen_top_k = _validate_top_k(top_k_adapter, by_key.top_k, ("body", "top_k"))
 
-            key = validate_upload_key(by_key.key, settings.upload_prefix, MAX_KEY_LENGTH)
-            bucket = require_bucket(settings.upload_bucket)
-            data = await run_in_threadpool(read_upload, bucket, key, settings.max_upload_bytes)
+            keys = by_key.keys if by_key.keys is not None else [by_key.key or ""]
+            photos = []
+            for position, key in enumerate(keys, start=1):
+                try:
+                    key = validate_upload_key(key, settings.upload_prefix, MAX_KEY_LENGTH)
+                    bucket = require_bucket(settings.upload_bucket)
+                    photos.append((key, await run_in_threadpool(read_upload, bucket, key, settings.max_upload_bytes)))
+                except PlantIdError as error:
+                    if by_key.keys is None or error.status >= 500:
+                        raise
+                    raise labelled_error(error, position, key) from error
         else:
             form = await _read_form(request)
             try:
-                upload = form.get("file")
-                if not isinstance(upload, UploadFile):
+                uploads = form.getlist("file")
+                if not uploads or not all(isinstance(upload, UploadFile) for upload in uploads):
                     raise _missing_file_error()
+                if len(uploads) > MAX_PHOTOS:
+                    raise _too_many_photos_error(len(uploads))
                 if form.get("top_k") is not None:
                     chosen_top_k = _validate_top_k(top_k_adapter, form.get("top_k"), ("body", "top_k"))
-                data = await _read_file_part(upload, direct_max_bytes)
+
+                photos = []
+                for position, upload in enumerate(uploads, start=1):
+                    try:
+                        photos.append((upload.filename or "", await _read_file_part(upload, direct_max_bytes)))
+                    except ImageTooLargeError as error:
+                        if len(uploads) == 1:
+                            raise
+                        raise labelled_error(error, position, upload.filename or "") from error
             finally:
                 await form.close()
 
-        body = await run_in_threadpool(identify_bytes, state, data, chosen_top_k)
+        body = await run_in_threadpool(identify_photos, state, photos, chosen_top_k)
         return JSONResponse(body)
 
     @app.post(

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from shared.errors import ConfigError
 
+# The encoder's number formats (shared.encoder.PRECISIONS), repeated here so that reading
+# the settings does not import the encoder module.
+PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8")
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -40,6 +44,7 @@ class Settings:
     views: int = 8
     index_check_seconds: float = 60.0
     threads: int | None = None
+    precision: str = "auto"
     cors_origins: tuple[str, ...] = ()
     presign_expires: int = 300
 
@@ -66,6 +71,7 @@ class Settings:
             views=_integer(env, "PLANT_ID_VIEWS", 8, 1),
             index_check_seconds=_seconds(env, "PLANT_ID_INDEX_CHECK_SECONDS", 60.0),
             threads=_optional_integer(env, "PLANT_ID_THREADS", 1),
+            precision=_choice(env, "PLANT_ID_PRECISION", "auto", PRECISIONS),
             cors_origins=_origins(env, "PLANT_ID_CORS_ORIGINS"),
             presign_expires=_integer(env, "PLANT_ID_PRESIGN_EXPIRES", 300, 1, 7 * 24 * 3600),
         )
@@ -127,6 +133,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
 
     if not value >= 0 or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} is invalid; use a finite number of seconds >= 0")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = _text(env, name, default) or default
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is invalid; use one of {', '.join(choices)}")
     return value
 
 

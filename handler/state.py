@@ -142,6 +142,7 @@ class ServiceState:
             "model_id": getattr(encoder, "model_id", None),
             "device": getattr(encoder, "device", None),
             "backend": getattr(encoder, "backend", None),
+            "precision": getattr(encoder, "precision", None),
             "test_model": bool(getattr(encoder, "is_test_model", False)),
             "index_version": None,
             "index_count": None,
@@ -198,7 +199,7 @@ class ServiceState:
         started = time.perf_counter()
         logger.info("loading the encoder %s", self.settings.model)
         try:
-            encoder = load_encoder(self.settings.model)
+            encoder = load_encoder(self.settings.model, precision=self.settings.precision)
         except PlantIdError as error:
             self._model_failure = _failure_of(error, ModelLoadError)
             logger.error("loading the encoder %s failed: %s", self.settings.model, error.message)

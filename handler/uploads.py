@@ -10,6 +10,8 @@ with {"key": ...} (or waits for the result that the S3 event writes under result
 from __future__ import annotations
 
 import logging
+import unicodedata
+import urllib.parse
 import uuid
 from typing import Any
 
@@ -49,25 +51,57 @@ def require_bucket(bucket: str | None) -> str:
 def validate_upload_key(key: str, prefix: str, max_length: int) -> str:
     """Return `key` when the function may read it from the upload bucket, else raise InvalidKeyError.
 
-    The key must start with `prefix`, name an object below it and contain no '..' segment,
-    backslash or control character.
+    The key must be UTF-8 text that starts with `prefix` and names an object below it. It
+    must not contain '..', a backslash, a control character, an empty or '.' path segment
+    or a trailing '/'. The same rules apply to the key after percent-decoding (up to
+    MAX_DECODING_ROUNDS times), so '%2e%2e', '%5c' and '%00' are rejected as well: a proxy
+    or a client library that decodes the key again must not see a traversal either.
     """
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"key is empty; pass the key returned by POST /uploads, such as {prefix}<name>.jpg")
 
-    if len(key.encode("utf-8")) > max_length:
+    try:
+        size = len(key.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidKeyError("key is not valid UTF-8 text: it contains a lone surrogate") from None
+    if size > max_length:
         raise InvalidKeyError(f"key is longer than {max_length} bytes")
 
     if not key.startswith(prefix) or key == prefix:
         raise InvalidKeyError(f"key {key!r} is invalid; it must start with {prefix!r} and name an object")
 
-    if ".." in key or "\\" in key or key.endswith("/"):
-        raise InvalidKeyError(f"key {key!r} is invalid; it must not contain '..' or '\\' or end with '/'")
-
-    if any(ord(character) < 32 or ord(character) == 127 for character in key):
-        raise InvalidKeyError("key contains control characters")
-
+    for form in _percent_decoded_forms(key):
+        _check_key_text(form, key, prefix)
     return key
+
+
+# Rounds of percent-decoding checked by validate_upload_key: '%252e' needs two.
+MAX_DECODING_ROUNDS = 3
+
+
+def _percent_decoded_forms(key: str) -> list[str]:
+    """Return `key` followed by each distinct result of decoding it again."""
+    forms = [key]
+    for _ in range(MAX_DECODING_ROUNDS):
+        decoded = urllib.parse.unquote(forms[-1])
+        if decoded == forms[-1]:
+            break
+        forms.append(decoded)
+    return forms
+
+
+def _check_key_text(text: str, key: str, prefix: str) -> None:
+    """Raise InvalidKeyError when `text` (the key or a decoded form of it) breaks a key rule."""
+    encoded = "" if text == key else " once percent-decoded"
+
+    if ".." in text or "\\" in text or text.endswith("/"):
+        raise InvalidKeyError(f"key {key!r} is invalid{encoded}; it must not contain '..' or '\\' or end with '/'")
+
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise InvalidKeyError(f"key contains control characters{encoded}")
+
+    if not text.startswith(prefix) or {"", "."} & set(text[len(prefix) :].split("/")):
+        raise InvalidKeyError(f"key {key!r} is invalid{encoded}; it must name an object below {prefix!r} without empty or '.' segments")
 
 
 def new_upload_key(prefix: str, content_type: str) -> str:

@@ -1,9 +1,12 @@
-"""Prototype building: each reference photo and its augmentations become one embedding.
+"""Prototype building: each species' reference photos and their augmentations become one embedding.
 
-A species' prototype is the L2-normalised mean of the embeddings of its reference photo
-and `count` augmented views. Each photo gets its own seed, derived from the run's seed and
-its plant id, so a prototype does not depend on which other photos share the run. That
-keeps sharded runs equal to a single run.
+A species' prototype is the L2-normalised mean of the embeddings of its reference photos
+and `count` augmented views of each. The views of one photo are encoded as one batch, so
+an encoder whose output depends on the batch (int8 activation scales) still gives each
+photo the same embeddings in every run. Each photo gets its own seed, derived from the
+run's seed, its plant id and, for photos after the first, its file name, so a prototype
+does not depend on which other species share the run. That keeps sharded runs equal to a
+single run.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from shared.augment import AugmentationRecipe, reference_views
 from shared.encoder import ImageEncoder, mean_embedding
 from shared.errors import ImageError
 from shared.imaging import decode_image
-from shared.preprocess import shrink_for_views
+from shared.preprocess import shrink_for_views, view_source_side
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,31 @@ def photo_seed(seed: int, plant_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def view_seed_key(plant_id: str, position: int, path: Path) -> str:
+    """Return the text a photo's seed derives from: the plant id for the first photo, else id and file name."""
+    return plant_id if position == 0 else f"{plant_id}/{path.name}"
+
+
+def encode_views(
+    image_bytes: bytes,
+    seed_key: str,
+    encoder: ImageEncoder,
+    recipe: AugmentationRecipe,
+    count: int,
+    seed: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Decode one reference photo and return the embeddings [count + 1, D] of it and its augmented views.
+
+    All views go through the encoder in one batch, even when batch_size is smaller.
+    Raises ImageError for a bad photo.
+    """
+    image = decode_image(image_bytes, target_size=view_source_side(encoder.preprocess))
+    image = shrink_for_views(image, encoder.preprocess)
+    views = reference_views(image, recipe, count, photo_seed(seed, seed_key))
+    return encoder.encode(views, batch_size=max(batch_size, len(views)))
+
+
 def build_prototype(
     image_bytes: bytes,
     plant_id: str,
@@ -54,10 +82,33 @@ def build_prototype(
     batch_size: int,
 ) -> np.ndarray:
     """Decode one reference photo and return its prototype. Raises ImageError for a bad photo."""
-    image = decode_image(image_bytes)
-    image = shrink_for_views(image, encoder.preprocess)
-    views = reference_views(image, recipe, count, photo_seed(seed, plant_id))
-    return mean_embedding(encoder.encode(views, batch_size=batch_size))
+    return mean_embedding(encode_views(image_bytes, plant_id, encoder, recipe, count, seed, batch_size))
+
+
+def _encode_photo(
+    path: Path,
+    seed_key: str,
+    encoder: ImageEncoder,
+    recipe: AugmentationRecipe,
+    count: int,
+    seed: int,
+    batch_size: int,
+    result: BuildResult,
+) -> np.ndarray | None:
+    """Return the view embeddings of one photo, or record it in result.skipped and return None."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        logger.warning("skipping %s: cannot read the file (%s)", path, error)
+        result.skipped.append(Skipped(path, f"cannot read the file: {error}"))
+        return None
+
+    try:
+        return encode_views(data, seed_key, encoder, recipe, count, seed, batch_size)
+    except (ImageError, ValueError) as error:
+        logger.warning("skipping %s: %s", path, error)
+        result.skipped.append(Skipped(path, str(error)))
+        return None
 
 
 def build_prototypes(
@@ -78,19 +129,19 @@ def build_prototypes(
 
     bar = tqdm(photos, unit="img", desc="indexing", disable=not progress, dynamic_ncols=True)
     for photo in bar:
-        try:
-            data = Path(photo.path).read_bytes()
-        except OSError as error:
-            logger.warning("skipping %s: cannot read the file (%s)", photo.path, error)
-            result.skipped.append(Skipped(Path(photo.path), f"cannot read the file: {error}"))
+        view_embeddings = []
+        for position, path in enumerate(getattr(photo, "paths", (photo.path,))):
+            embeddings = _encode_photo(Path(path), view_seed_key(photo.plant_id, position, Path(path)),
+                                       encoder, recipe, count, seed, batch_size, result)
+            if embeddings is not None:
+                view_embeddings.append(embeddings)
+        if not view_embeddings:
             continue
 
         try:
-            prototype = build_prototype(
-                data, photo.plant_id, encoder, recipe, count, seed, batch_size
-            )
-        except (ImageError, ValueError) as error:
-            logger.warning("skipping %s: %s", photo.path, error)
+            prototype = mean_embedding(np.concatenate(view_embeddings))
+        except ValueError as error:
+            logger.warning("skipping plant id %s: %s", photo.plant_id, error)
             result.skipped.append(Skipped(Path(photo.path), str(error)))
             continue
 

@@ -14,6 +14,7 @@ from typing import Sequence, TypeVar
 
 import numpy as np
 
+from indexer.thumbnails import copy_thumbnails, thumbnail_meta
 from shared.errors import ConfigError, IndexValidationError
 from shared.index_store import Index, load_index, write_index
 
@@ -106,6 +107,8 @@ def merge_indexes(locations: Sequence[str], dest: str) -> str:
     for key in ("test_model", "sample"):
         if key in first.meta:
             meta[key] = first.meta[key]
+    if any(part.meta.get("thumbnails") for part in parts):
+        meta["thumbnails"] = thumbnail_meta()
 
     logger.info("merging %d parts into %d prototypes at %s", len(parts), len(plant_ids), dest)
-    return write_index(dest, embeddings, plant_ids, meta)
+    return write_index(dest, embeddings, plant_ids, meta, before_pointer=lambda folder: copy_thumbnails(parts, folder))

@@ -9,13 +9,14 @@ backend never pays for them.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ DEFAULT_MODEL_ID = "openai/clip-vit-base-patch32"
 
 # Files of an ONNX encoder folder, as written by shared.onnx_export.
 ONNX_MODEL_FILE = "vision_model.onnx"
+ONNX_INT8_MODEL_FILE = "vision_model_int8.onnx"
 ENCODER_INFO_FILE = "encoder.json"
 CONFIG_FILE = "config.json"
 
@@ -42,6 +44,20 @@ THREAD_ENV_VARS = ("PLANT_ID_THREADS", "OMP_NUM_THREADS")
 
 BACKENDS = ("auto", "torch", "onnx")
 DEVICES = ("auto", "cpu", "cuda")
+
+# Number formats the encoder can run in. "auto" picks, per backend and device, the fastest
+# format measured by bench/encoder_variants.py whose embeddings stay within
+# MAX_AUTO_DEVIATION of float32: float16 for torch on CUDA, bfloat16 for torch on a CPU
+# with native bfloat16 instructions, int8 for an ONNX folder that holds the int8 graph, and
+# float32 otherwise. bench/RESULTS.md has the measurements.
+PRECISIONS = ("auto", "float32", "float16", "bfloat16", "int8")
+
+# Largest 1 - cosine similarity between an embedding in a reduced precision and the float32
+# embedding of the same image that "auto" accepts.
+MAX_AUTO_DEVIATION = 0.005
+
+# /proc/cpuinfo flags of x86 CPUs that compute bfloat16 dot products natively.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # A Hugging Face hub id: "name" or "owner/name" of letters, digits, '.', '_' and '-'.
 HUB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
@@ -56,6 +72,7 @@ class ImageEncoder(Protocol):
     dimension: int
     device: str
     backend: str
+    precision: str
     is_test_model: bool
     preprocess: PreprocessConfig
 
@@ -124,6 +141,31 @@ def available_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Return True when /proc/cpuinfo lists avx512_bf16 or amx_bf16 (False where it cannot be read).
+
+    Without these instructions torch emulates bfloat16 matrix products, which is slower
+    than float32.
+    """
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return any(flag in flags for flag in NATIVE_BF16_FLAGS)
+    return False
+
+
+def check_precision(precision: str) -> None:
+    """Raise ConfigError when `precision` is not one of PRECISIONS."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"invalid encoder precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def is_hub_id(model: str) -> bool:
@@ -201,6 +243,19 @@ def _check_torch_folder(folder: Path) -> None:
         )
 
 
+def _resolve_precision(backend: str, folder: Path | None, device: str, precision: str) -> str:
+    check_precision(precision)
+    if backend == "onnx":
+        from shared.encoder_onnx import resolve_onnx_precision
+
+        assert folder is not None
+        return resolve_onnx_precision(folder, device, precision)
+
+    from shared.encoder_torch import resolve_torch_precision
+
+    return resolve_torch_precision(device, precision)
+
+
 def _resolve_device(backend: str, device: str) -> str:
     if device not in DEVICES:
         raise ConfigError(f"invalid encoder device {device!r}: expected one of {', '.join(DEVICES)}")
@@ -214,60 +269,102 @@ def _resolve_device(backend: str, device: str) -> str:
     return resolve_torch_device(device)
 
 
-_cache: dict[tuple[str, str, str], ImageEncoder] = {}
+_cache: dict[tuple[str, ...], ImageEncoder] = {}
 _cache_lock = threading.Lock()
 _load_count = 0
 
+# Loaders of development-only encoders by model-name prefix, such as "proxy:" that
+# bench/proxy_encoder.py registers when it is imported. A loader takes (model, device).
+EncoderLoader = Callable[[str, str], ImageEncoder]
+_prefix_loaders: dict[str, EncoderLoader] = {}
 
-def load_encoder(model: str = DEFAULT_MODEL_ID, *, device: str = "auto", backend: str = "auto") -> ImageEncoder:
+
+def register_encoder_prefix(prefix: str, loader: EncoderLoader) -> None:
+    """Make load_encoder call `loader(model, device)` for model names that start with `prefix`."""
+    _prefix_loaders[prefix] = loader
+
+
+def _registered_loader(model: str) -> EncoderLoader | None:
+    for prefix, loader in _prefix_loaders.items():
+        if model.startswith(prefix):
+            return loader
+    return None
+
+
+def load_encoder(
+    model: str = DEFAULT_MODEL_ID, *, device: str = "auto", backend: str = "auto", precision: str = "auto"
+) -> ImageEncoder:
     """Load a CLIP image encoder, or return the one already loaded for these arguments.
 
     `model` is a hub id or a local folder. A folder that contains vision_model.onnx uses the
     onnx backend under backend="auto", anything else the torch backend. device="auto"
-    picks CUDA when the backend can use it, else the CPU. Raises ModelLoadError when the
-    model cannot be loaded, and never substitutes randomly initialised weights.
+    picks CUDA when the backend can use it, else the CPU. precision="auto" picks the
+    number format as described at PRECISIONS, and the encoder's `precision` attribute
+    tells which one runs. Raises ConfigError for a precision that the backend or device
+    cannot run, and ModelLoadError when the model cannot be loaded. Randomly initialised
+    weights are never substituted.
     """
+    registered = _registered_loader(model)
+    if registered is not None:
+        return _load_registered(model, device, registered)
+
     folder = None if is_hub_id(model) else _local_folder(model)
     key_model = str(folder) if folder is not None else model
     resolved_backend = _resolve_backend(model, folder, backend)
     if resolved_backend == "torch" and folder is not None:
         _check_torch_folder(folder)
     resolved_device = _resolve_device(resolved_backend, device)
-    key = (key_model, resolved_device, resolved_backend)
+    resolved_precision = _resolve_precision(resolved_backend, folder, resolved_device, precision)
+    key = (key_model, resolved_device, resolved_backend, resolved_precision)
 
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
 
-        encoder = _load_uncached(model, folder, resolved_device, resolved_backend)
+        encoder = _load_uncached(model, folder, resolved_device, resolved_backend, resolved_precision)
         _cache[key] = encoder
         return encoder
 
 
-def _load_uncached(model: str, folder: Path | None, device: str, backend: str) -> ImageEncoder:
+def _load_registered(model: str, device: str, loader: EncoderLoader) -> ImageEncoder:
+    if device not in DEVICES:
+        raise ConfigError(f"invalid encoder device {device!r}: expected one of {', '.join(DEVICES)}")
+    key = (model, device, "registered")
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is None:
+            logger.info("loading registered encoder %s (device %s)", model, device)
+            cached = loader(model, device)
+            _cache[key] = cached
+        return cached
+
+
+def _load_uncached(model: str, folder: Path | None, device: str, backend: str, precision: str) -> ImageEncoder:
     global _load_count
 
-    logger.info("loading CLIP image encoder %s (backend %s, device %s)", model, backend, device)
+    logger.info("loading CLIP image encoder %s (backend %s, device %s, precision %s)", model, backend, device, precision)
     started = time.perf_counter()
     if backend == "onnx":
         from shared.encoder_onnx import load_onnx_encoder
 
         assert folder is not None
-        encoder: ImageEncoder = load_onnx_encoder(folder, device=device)
+        encoder: ImageEncoder = load_onnx_encoder(folder, device=device, precision=precision)
     else:
         from shared.encoder_torch import load_torch_encoder
 
-        encoder = load_torch_encoder(model, folder=folder, device=device)
+        encoder = load_torch_encoder(model, folder=folder, device=device, precision=precision)
 
     _load_count += 1
     logger.info(
-        "loaded CLIP image encoder %s revision %s (%d-dim, backend %s, device %s) in %.2f s, model loads so far: %d",
+        "loaded CLIP image encoder %s revision %s (%d-dim, backend %s, device %s, precision %s) in %.2f s, "
+        "model loads so far: %d",
         encoder.model_id,
         encoder.revision,
         encoder.dimension,
         encoder.backend,
         encoder.device,
+        encoder.precision,
         time.perf_counter() - started,
         _load_count,
     )

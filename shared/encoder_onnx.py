@@ -2,6 +2,8 @@
 
 The folder contains vision_model.onnx (pixel_values [B, 3, H, W] -> image_embeds [B, D]),
 preprocessor_config.json and encoder.json (model id, revision, dimension, test model flag).
+It may also hold vision_model_int8.onnx, the same graph with dynamically quantised int8
+weights, and encoder.json then records how far its embeddings deviate from float32.
 Neither torch nor transformers is imported, which keeps cold starts short.
 """
 
@@ -20,6 +22,8 @@ from PIL import Image
 
 from shared.encoder import (
     ENCODER_INFO_FILE,
+    MAX_AUTO_DEVIATION,
+    ONNX_INT8_MODEL_FILE,
     ONNX_MODEL_FILE,
     batch_ranges,
     configured_threads,
@@ -50,6 +54,12 @@ SESSION_ERRORS: tuple[type[Exception], ...] = (
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 
+# encoder.json key of the int8 graph's record: {"file", "max_cosine_deviation", "check_images", ...}.
+INT8_INFO_KEY = "int8"
+
+# Graph file of each precision this backend runs.
+MODEL_FILES = {"float32": ONNX_MODEL_FILE, "int8": ONNX_INT8_MODEL_FILE}
+
 
 def resolve_onnx_device(device: str) -> str:
     """Map "auto" to "cuda" when ONNX Runtime has the CUDA provider, else "cpu"."""
@@ -62,6 +72,56 @@ def resolve_onnx_device(device: str) -> str:
             "install onnxruntime-gpu or pass --device cpu"
         )
     return device
+
+
+def recorded_int8_deviation(folder: Path) -> float | None:
+    """Return the int8 graph's max cosine deviation from float32 recorded in encoder.json, or None."""
+    record = read_json_file(folder / ENCODER_INFO_FILE).get(INT8_INFO_KEY)
+    if not isinstance(record, dict):
+        return None
+    deviation = record.get("max_cosine_deviation")
+    if isinstance(deviation, bool) or not isinstance(deviation, (int, float)):
+        return None
+    return float(deviation)
+
+
+def resolve_onnx_precision(folder: Path, device: str, precision: str) -> str:
+    """Map "auto" to int8 on the CPU when the folder's int8 graph is accurate enough, else float32.
+
+    "Accurate enough" means encoder.json records a max cosine deviation from float32 below
+    MAX_AUTO_DEVIATION, measured by shared.onnx_export. Raises ConfigError for float16,
+    bfloat16 and int8 on CUDA, and ModelLoadError for int8 when the folder has no int8 graph.
+    """
+    if precision in ("float16", "bfloat16"):
+        raise ConfigError(
+            f"precision {precision} is not available with the onnx backend; use int8 or float32, "
+            "or the torch backend with a save_pretrained folder"
+        )
+
+    int8_path = folder / ONNX_INT8_MODEL_FILE
+    if precision == "int8":
+        if device != "cpu":
+            raise ConfigError("precision int8 runs only on the CPU with the onnx backend; on CUDA use float32")
+        if not int8_path.is_file():
+            raise ModelLoadError(
+                f"{ONNX_INT8_MODEL_FILE} not found in {folder}: export the folder again with "
+                "`python -m shared.onnx_export` (it writes the int8 graph unless --no-int8 is given)"
+            )
+        return "int8"
+
+    if precision == "float32" or device != "cpu" or not int8_path.is_file():
+        return "float32"
+
+    deviation = recorded_int8_deviation(folder)
+    if deviation is None or deviation >= MAX_AUTO_DEVIATION:
+        logger.info(
+            "using the float32 graph of %s: the int8 graph's recorded deviation from float32 is %s, the limit is %g",
+            folder,
+            "missing" if deviation is None else f"{deviation:.4f}",
+            MAX_AUTO_DEVIATION,
+        )
+        return "float32"
+    return "int8"
 
 
 def _session_options() -> ort.SessionOptions:
@@ -87,6 +147,7 @@ class OnnxImageEncoder:
     is_test_model: bool
     preprocess: PreprocessConfig
     backend: str = "onnx"
+    precision: str = "float32"
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
@@ -102,8 +163,8 @@ class OnnxImageEncoder:
         return l2_normalize(np.concatenate(outputs, axis=0))
 
 
-def load_onnx_encoder(folder: Path, *, device: str) -> OnnxImageEncoder:
-    """Open FOLDER/vision_model.onnx in an InferenceSession and read the folder's settings."""
+def load_onnx_encoder(folder: Path, *, device: str, precision: str = "float32") -> OnnxImageEncoder:
+    """Open the folder's graph for `precision` (float32 or int8) in an InferenceSession and read its settings."""
     info = read_json_file(folder / ENCODER_INFO_FILE)
     try:
         preprocess = PreprocessConfig.from_pretrained(folder)
@@ -111,7 +172,9 @@ def load_onnx_encoder(folder: Path, *, device: str) -> OnnxImageEncoder:
         raise ModelLoadError(f"invalid ONNX encoder folder {folder}: {error.message}") from error
 
     providers = [CUDA_PROVIDER, CPU_PROVIDER] if device == "cuda" else [CPU_PROVIDER]
-    model_path = folder / ONNX_MODEL_FILE
+    if precision not in MODEL_FILES:
+        raise ConfigError(f"precision {precision!r} is not available with the onnx backend; use int8 or float32")
+    model_path = folder / MODEL_FILES[precision]
     try:
         session = ort.InferenceSession(str(model_path), sess_options=_session_options(), providers=providers)
     except SESSION_ERRORS as error:
@@ -137,6 +200,7 @@ def load_onnx_encoder(folder: Path, *, device: str) -> OnnxImageEncoder:
         device=device,
         is_test_model=info.get("test_model") is True,
         preprocess=preprocess,
+        precision=precision,
     )
 
 

@@ -1,8 +1,10 @@
 """The torch backend of the image encoder: transformers' CLIPVisionModelWithProjection.
 
 Pixel values come from shared.preprocess.to_pixel_values, the same function the ONNX
-backend uses, so both backends see identical input. The model runs in float32 on the CPU
-and on CUDA alike, so embeddings from either device agree to float32 rounding.
+backend uses, so both backends see identical input. The weights load in float32 and then
+take the requested precision: float16 on CUDA, bfloat16 (fast only on CPUs with native
+bfloat16 instructions), int8 through dynamic quantisation of every Linear layer (CPU only),
+or float32. Embeddings always come back as float32.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from shared.encoder import (
     CONFIG_FILE,
     batch_ranges,
     configured_threads,
+    cpu_has_native_bf16,
     hub_unreachable_message,
     is_test_model_config,
     l2_normalize,
@@ -45,6 +49,50 @@ def resolve_torch_device(device: str) -> str:
     if device == "cuda" and not cuda_available:
         raise ModelLoadError("device 'cuda' requested but torch.cuda.is_available() is False: pass --device cpu or auto")
     return device
+
+
+def resolve_torch_precision(device: str, precision: str) -> str:
+    """Map "auto" to float16 on CUDA, and on the CPU to bfloat16 where it is native, else float32.
+
+    Raises ConfigError for float16 on the CPU and for int8 on CUDA, which this backend
+    does not run.
+    """
+    if precision == "auto":
+        if device == "cuda":
+            return "float16"
+        return "bfloat16" if cpu_has_native_bf16() else "float32"
+
+    if precision == "float16" and device != "cuda":
+        raise ConfigError(
+            "precision float16 runs only on CUDA with the torch backend; on the CPU use bfloat16, int8 or float32"
+        )
+    if precision == "int8" and device != "cpu":
+        raise ConfigError(
+            "precision int8 (dynamic quantisation) runs only on the CPU with the torch backend; on CUDA use float16 or float32"
+        )
+    if precision == "bfloat16" and device == "cpu" and not cpu_has_native_bf16():
+        logger.warning(
+            "this CPU has no native bfloat16 instructions (avx512_bf16 or amx_bf16), so bfloat16 runs slower than float32"
+        )
+    return precision
+
+
+def apply_precision(model: Any, precision: str) -> Any:
+    """Return the float32 `model` converted to `precision` (int8: dynamic quantisation of Linear layers)."""
+    if precision == "bfloat16":
+        return model.to(torch.bfloat16)
+    if precision == "float16":
+        return model.to(torch.float16)
+    if precision == "int8":
+        with warnings.catch_warnings():
+            # torch 2.14 warns that eager-mode quantisation is moving to torchao.
+            warnings.simplefilter("ignore")
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+# Dtype of the pixel values fed to the model in each precision; float32 for the others.
+INPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def apply_thread_setting() -> None:
@@ -174,7 +222,7 @@ def _load_preprocess(model: str, folder: Path | None) -> PreprocessConfig:
 
 @dataclass
 class TorchImageEncoder:
-    """CLIP image encoder running transformers' CLIPVisionModelWithProjection in float32."""
+    """CLIP image encoder running transformers' CLIPVisionModelWithProjection."""
 
     model: Any
     model_id: str
@@ -184,6 +232,7 @@ class TorchImageEncoder:
     is_test_model: bool
     preprocess: PreprocessConfig
     backend: str = "torch"
+    precision: str = "float32"
 
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
@@ -191,18 +240,19 @@ class TorchImageEncoder:
         if not ranges:
             return np.empty((0, self.dimension), dtype=np.float32)
 
+        input_dtype = INPUT_DTYPES.get(self.precision, torch.float32)
         outputs = []
         with torch.inference_mode():
             for start, stop in ranges:
                 pixel_values = to_pixel_values(images[start:stop], self.preprocess)
-                tensor = torch.from_numpy(pixel_values).to(self.device)
+                tensor = torch.from_numpy(pixel_values).to(device=self.device, dtype=input_dtype)
                 embeds = self.model(pixel_values=tensor).image_embeds
                 outputs.append(embeds.float().cpu().numpy())
         return l2_normalize(np.concatenate(outputs, axis=0))
 
 
-def load_torch_encoder(model: str, *, folder: Path | None, device: str) -> TorchImageEncoder:
-    """Load CLIPVisionModelWithProjection from a hub id or a save_pretrained folder.
+def load_torch_encoder(model: str, *, folder: Path | None, device: str, precision: str = "float32") -> TorchImageEncoder:
+    """Load CLIPVisionModelWithProjection from a hub id or a save_pretrained folder in `precision`.
 
     Raises ModelLoadError when the model cannot be loaded or when any vision weight is
     missing from the checkpoint, because transformers would fill those randomly.
@@ -232,6 +282,7 @@ def load_torch_encoder(model: str, *, folder: Path | None, device: str) -> Torch
     raw_config = read_json_file(config_path) if config_path is not None else {}
 
     vision_model = vision_model.to(device=device, dtype=torch.float32).eval()
+    vision_model = apply_precision(vision_model, precision)
     return TorchImageEncoder(
         model=vision_model,
         model_id=model,
@@ -240,4 +291,5 @@ def load_torch_encoder(model: str, *, folder: Path | None, device: str) -> Torch
         device=device,
         is_test_model=is_test_model_config(raw_config),
         preprocess=_load_preprocess(model, folder),
+        precision=precision,
     )

@@ -6,7 +6,9 @@ decode_image, so each upload is validated and normalised the same way:
 1. cheap checks on the raw bytes: size, empty data, HEIC/AVIF and SVG sniffing;
 2. Image.open, which parses only the header, then the pixel count, minimum side and
    aspect ratio checks on the header size, before any pixel data is decoded;
-3. load() of frame 0 only (animated GIF and WebP);
+3. load() of frame 0 only (animated GIF and WebP). With a target_size, a large JPEG is
+   decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, which scales in the DCT), so a
+   12-megapixel photo costs a fraction of a full decode;
 4. normalisation in one fixed order: EXIF orientation, palette transparency, alpha
    composited onto white, 16-bit samples scaled to 8 bits, CMYK through the embedded ICC
    profile, then RGB.
@@ -98,12 +100,23 @@ _WARNINGS_LOCK = threading.Lock()
 
 _WHITE = (255, 255, 255, 255)
 
+# Pillow formats whose decoder can scale in the DCT (draft mode). MPO is the multi-picture
+# JPEG that many phone cameras write.
+_DRAFT_FORMATS = ("JPEG", "MPO")
 
-def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Image:
+
+def decode_image(
+    data: bytes, limits: DecodeLimits = DEFAULT_LIMITS, *, target_size: int | None = None
+) -> Image.Image:
     """Decode image bytes into a fully loaded, upright RGB image detached from any file.
 
     Only frame 0 of an animated image is used. The returned image carries no metadata in
     `info` (EXIF orientation, ICC profile and transparency are applied to the pixels).
+
+    `target_size` lets a JPEG whose shortest side is at least twice that many pixels decode
+    at a reduced scale (1/2, 1/4 or 1/8) whose shortest side is still at least
+    `target_size`. Callers that shrink the image anyway pass the size they shrink to. The
+    limits apply to the full size in the file header. Other formats decode at full size.
 
     Raises an ImageError subclass: ImageTooLargeError (413) for too many bytes or pixels,
     UnsupportedFormatError (415) for HEIC, AVIF without Pillow support and SVG,
@@ -115,7 +128,7 @@ def decode_image(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Image.Im
     with _open_image(data, limits) as image:
         _check_dimensions(image.size, limits)
 
-        _load_first_frame(image, limits)
+        _load_first_frame(image, limits, target_size)
 
         # Every normalisation step returns a new image, so the result no longer
         # reads from the file that the with block closes.
@@ -211,10 +224,30 @@ def _check_dimensions(size: tuple[int, int], limits: DecodeLimits) -> None:
         )
 
 
-def _load_first_frame(image: ImageFile.ImageFile, limits: DecodeLimits) -> None:
+def _draft(image: ImageFile.ImageFile, target_size: int | None) -> bool:
+    """Ask a JPEG decoder to scale down while the shortest side stays >= target_size; True when it will.
+
+    Draft mode keeps the colour mode and the EXIF data, so the orientation still applies.
+    """
+    if target_size is None or image.format not in _DRAFT_FORMATS:
+        return False
+    if min(image.size) < 2 * target_size:
+        return False
+
+    full_size = image.size
+    # draft picks the largest scale of 1/8, 1/4 and 1/2 that keeps both sides at least
+    # as large as the requested size, so requesting a square keeps the shortest side.
+    if image.draft("RGB", (target_size, target_size)) is None:
+        return False
+    logger.debug("decoding the %s %s at reduced size %s", image.format, full_size, image.size)
+    return image.size != full_size
+
+
+def _load_first_frame(image: ImageFile.ImageFile, limits: DecodeLimits, target_size: int | None = None) -> None:
     """Decode frame 0 only, which is the frame Image.open positions the file at."""
     try:
         image.seek(0)
+        drafted = _draft(image, target_size)
         image.load()
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(_pillow_bomb_message(exc, limits)) from exc
@@ -226,8 +259,10 @@ def _load_first_frame(image: ImageFile.ImageFile, limits: DecodeLimits) -> None:
         ) from exc
 
     # The checks above used the header size. They run again in case a plugin changed
-    # the size while decoding frame 0.
-    _check_dimensions(image.size, limits)
+    # the size while decoding frame 0, unless draft mode changed it on purpose: rounding
+    # the scaled sides up can move the aspect ratio a little.
+    if not drafted:
+        _check_dimensions(image.size, limits)
 
 
 def _normalise(image: Image.Image) -> Image.Image:

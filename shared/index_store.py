@@ -18,9 +18,10 @@ import io
 import json
 import logging
 import os
+import posixpath
 import zipfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,9 @@ EMBEDDINGS_FILE = "embeddings_fp16.npz"
 META_FILE = "meta.json"
 POINTER_FILE = "latest.json"
 VERSIONS_FOLDER = "versions"
+
+# Reference thumbnails (<plant_id>.jpg) live in this folder beside meta.json.
+THUMBNAILS_FOLDER = "thumbnails"
 
 EMBEDDINGS_KEY = "embeddings"
 PLANT_IDS_KEY = "plant_ids"
@@ -61,6 +65,9 @@ class Index:
     species: tuple[dict[str, Any], ...]
     meta: dict[str, Any]
     version: str
+    # Folder of meta.json (versions/<version>/ under a destination written by write_index),
+    # where files of this version such as thumbnails live. None when parsed from bytes.
+    folder: Location | None = None
 
     @property
     def count(self) -> int:
@@ -100,6 +107,7 @@ def write_index(
     embeddings: np.ndarray,
     plant_ids: Sequence[str],
     meta: Mapping[str, Any],
+    before_pointer: Callable[[Location], None] | None = None,
 ) -> str:
     """Write a new index version under ``dest``, then point latest.json at it; return the version.
 
@@ -107,7 +115,9 @@ def write_index(
     anything else). This function sets format_version, version, count, dimension and
     created_at, and fills species rows ({"plant_id": ...}) when they are missing. The
     data is validated exactly as load_index does before anything is written, so an
-    IndexValidationError leaves the destination untouched.
+    IndexValidationError leaves the destination untouched. ``before_pointer``, when
+    given, is called with the version folder after the embeddings and meta.json are
+    written and before latest.json, so it can add files (thumbnails) to the version.
     """
     root = storage.parse_location(dest)
     matrix = _as_float16_matrix(embeddings)
@@ -117,7 +127,7 @@ def write_index(
 
     npz_bytes = _npz_bytes(matrix, ids)
     created_at = datetime.now(timezone.utc)
-    version = f"{created_at:%Y%m%dT%H%M%SZ}-{_content_hash(matrix, ids)}"
+    version = f"{created_at:%Y%m%dT%H%M%SZ}-{_content_hash(matrix, ids, meta)}"
 
     full_meta = _complete_meta(meta, ids, matrix.shape[1], version, created_at)
     meta_bytes = json.dumps(full_meta, ensure_ascii=False, indent=1).encode("utf-8")
@@ -140,6 +150,8 @@ def write_index(
     logger.info("writing index version %s to %s: %d x %d", version, root, *matrix.shape)
     storage.write_bytes(root.join(pointer["embeddings"]), npz_bytes, "application/octet-stream")
     storage.write_bytes(root.join(pointer["meta"]), meta_bytes, "application/json")
+    if before_pointer is not None:
+        before_pointer(root.join(version_folder))
 
     # The pointer goes last: until it lands, readers keep loading the previous version.
     pointer_bytes = json.dumps(pointer, ensure_ascii=False, indent=1).encode("utf-8")
@@ -183,9 +195,12 @@ def _npz_bytes(matrix: np.ndarray, ids: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-def _content_hash(matrix: np.ndarray, ids: list[str]) -> str:
+def _content_hash(matrix: np.ndarray, ids: list[str], meta: Mapping[str, Any]) -> str:
+    # The caller's meta counts too, so a version that only adds metadata (such as a
+    # rejection rule) written within the same second never reuses the version folder.
     digest = hashlib.sha256(matrix.tobytes())
     digest.update("\n".join(ids).encode("utf-8"))
+    digest.update(json.dumps(meta, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
     return digest.hexdigest()[:8]
 
 
@@ -233,10 +248,12 @@ def load_index(location: PathLike, expected_dim: int | None = None) -> Index:
     if pointer is None:
         npz_location = root.join(EMBEDDINGS_FILE)
         meta_location = root.join(META_FILE)
+        folder = root
         version = None
     else:
         npz_location = root.join(pointer["embeddings"])
         meta_location = root.join(pointer["meta"])
+        folder = root.join(posixpath.dirname(pointer["meta"]))
         version = pointer["version"]
 
     # NOTE: the whole .npz is read into memory and then decoded, so loading peaks at about
@@ -258,6 +275,7 @@ def load_index(location: PathLike, expected_dim: int | None = None) -> Index:
         index = parse_index(npz_bytes, meta_bytes, expected_dim=expected_dim, version=version)
         if pointer is not None:
             _check_pointer_matches(pointer, index)
+        index = replace(index, folder=folder)
     except IndexValidationError as error:
         logger.error("index at %s is invalid: %s", root, error.message)
         raise IndexValidationError(f"index at {root} is invalid: {error.message}") from error

@@ -223,14 +223,22 @@ def to_pixel_values(images: Sequence[Image.Image], config: PreprocessConfig) -> 
     return batch
 
 
+def view_source_side(config: PreprocessConfig) -> int:
+    """Return the shortest side, in pixels, that shrink_for_views keeps: twice the model's input size.
+
+    Decoders may stop at this size too (shared.imaging.decode_image's target_size).
+    """
+    return 2 * config.shortest_edge
+
+
 def shrink_for_views(image: Image.Image, config: PreprocessConfig) -> Image.Image:
-    """Downscale so the shortest side is at most 2 * config.shortest_edge pixels.
+    """Downscale so the shortest side is at most view_source_side(config) pixels.
 
     Augmentations then work on a small image instead of a full-size photo. The margin of
     twice the model's input size keeps crops and rotations sharp after the final resize.
     Smaller images come back unchanged (the same object).
     """
-    limit = 2 * config.shortest_edge
+    limit = view_source_side(config)
     width, height = image.size
     if min(width, height) <= limit:
         return image

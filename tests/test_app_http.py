@@ -104,7 +104,7 @@ def test_reference_photos_rank_first(client, sample_dir):
 def test_response_fields(client, sample_dir):
     body = post_photo(client, sample_dir / "queries" / "3_1.jpg").json()
 
-    assert set(body) == {"matches", "model_id", "index_version", "elapsed_ms", "views", "test_model"}
+    assert set(body) >= {"matches", "model_id", "index_version", "elapsed_ms", "views", "photos", "test_model"}
     assert body["test_model"] is True
     assert body["views"] == 8
     assert body["index_version"]
@@ -115,7 +115,7 @@ def test_match_fields(client, sample_dir):
     body = post_photo(client, sample_dir / "reference" / "plant_species_thumbnail_image_3.jpg").json()
     first = body["matches"][0]
 
-    assert set(first) == {"rank", "plant_id", "scientific_name", "common_name", "score"}
+    assert set(first) == {"rank", "plant_id", "scientific_name", "common_name", "score", "thumbnail_url"}
     assert first["rank"] == 1
     assert first["scientific_name"] == "Celtis occidentalis"
     assert first["common_name"] == "Common hackberry"

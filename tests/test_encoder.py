@@ -43,9 +43,10 @@ def onnx_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module", params=["torch", "onnx"])
 def encoder(request: pytest.FixtureRequest, tiny_model_dir: Path):
+    # float32, because int8 activation scales depend on the whole batch (tests/test_precision.py).
     if request.param == "onnx":
-        return load_encoder(str(request.getfixturevalue("onnx_dir")))
-    return load_encoder(str(tiny_model_dir))
+        return load_encoder(str(request.getfixturevalue("onnx_dir")), precision="float32")
+    return load_encoder(str(tiny_model_dir), precision="float32")
 
 
 def inherited_environment() -> dict[str, str]:
@@ -111,8 +112,8 @@ def test_tiny_is_test_model(encoder) -> None:
 
 
 def test_onnx_matches_torch(tiny_model_dir: Path, onnx_dir: Path, photos: list[Image.Image]) -> None:
-    torch_embeddings = load_encoder(str(tiny_model_dir), backend="torch").encode(photos)
-    onnx_embeddings = load_encoder(str(onnx_dir), backend="onnx").encode(photos)
+    torch_embeddings = load_encoder(str(tiny_model_dir), backend="torch", precision="float32").encode(photos)
+    onnx_embeddings = load_encoder(str(onnx_dir), backend="onnx", precision="float32").encode(photos)
     cosines = np.sum(torch_embeddings * onnx_embeddings, axis=1)
     assert cosines.min() > 0.9999
 

@@ -324,10 +324,18 @@ def test_s3_retry_overwrites(entry, sample_dir, s3_client):
     s3_client.put_object(Bucket=UPLOAD_BUCKET, Key=key, Body=data)
 
     first = invoke(entry, s3_put_event(UPLOAD_BUCKET, key, len(data)))
+    first_result = read_result(s3_client, key)
     second = invoke(entry, s3_put_event(UPLOAD_BUCKET, key, len(data)))
+    second_result = read_result(s3_client, key)
+    listing = s3_client.list_objects_v2(Bucket=UPLOAD_BUCKET, Prefix=f"results/{key}")
 
     assert first["results"] == second["results"]
-    assert read_result(s3_client, key)["matches"][0]["rank"] == 1
+    assert [item["Key"] for item in listing["Contents"]] == [f"results/{key}.json"]
+    assert first_result["matches"][0]["rank"] == 1
+    # Only the timing may differ between the two deliveries.
+    first_result.pop("elapsed_ms")
+    second_result.pop("elapsed_ms")
+    assert first_result == second_result
 
 
 def test_s3_key_with_plus_sign(entry, cases_dir, s3_client):

@@ -194,6 +194,7 @@ def test_http_routes(function):
         if event["Type"] == "HttpApi"
     }
     assert {("POST", "/identify"), ("POST", "/uploads"), ("GET", "/health")} <= routes
+    assert ("GET", "/species/{plant_id}/thumbnail") in routes
 
 
 # The HTTP API and the bucket.
