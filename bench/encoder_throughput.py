@@ -1,6 +1,6 @@
 """Throughput of the full-size ViT-B/32 CLIP image encoder on this machine's CPU.
 
-Usage: python -m bench.encoder_throughput [--batch-sizes 1,8,21,32] [--index-images DIR]
+Usage: python -m bench.encoder_throughput [--batch-sizes 1,8,21,32] [--index-images DIR | --no-index]
 
 Builds a randomly initialised model with the ViT-B/32 vision configuration (hidden size 768,
 12 layers, patch 32, 224-pixel input, projection 512). Random weights cost the same
@@ -9,8 +9,10 @@ model is saved and exported to ONNX in a temporary folder and loaded through
 shared.encoder.load_encoder, so both backends run the product's code path, preprocessing
 included. Achieved GFLOP/s counts 8.8 GFLOP per image (about 4.4 G multiply-adds at 224
 pixels) and is printed beside the fp32 matrix-multiply rate of torch.matmul measured in the
-same run. --index-images DIR times indexer.build.build_prototypes over every reference photo
-in DIR with the same model. Thread counts follow PLANT_ID_THREADS or OMP_NUM_THREADS.
+same run. Both backends run in the precision that "auto" picks on this machine (the
+backend column names it), and bench/encoder_variants.py compares all precisions.
+It also times indexer.build.build_prototypes over every reference photo in --index-images
+(the sample photos by default) with the same model. Thread counts follow PLANT_ID_THREADS or OMP_NUM_THREADS.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class Measurement:
     def gflops(self) -> float:
         return self.images_per_second * GFLOP_PER_IMAGE
 
+
+SAMPLE_REFERENCE_PHOTOS = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 
 def cpu_model() -> str:
     """Return the CPU model name from /proc/cpuinfo, or platform.processor() elsewhere."""
@@ -150,7 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,21,32", help="comma-separated batch sizes (default: %(default)s)")
     parser.add_argument("--backends", default="torch,onnx", help="comma-separated backends (default: %(default)s)")
     parser.add_argument("--min-seconds", type=float, default=3.0, help="minimum timed seconds per measurement (default: %(default)s)")
-    parser.add_argument("--index-images", type=Path, default=None, help="folder of reference photos to build prototypes for")
+    parser.add_argument("--index-images", type=Path, default=SAMPLE_REFERENCE_PHOTOS, help="folder of reference photos to build prototypes for (default: the sample photos in tests/data/reference)")
+    parser.add_argument("--no-index", dest="index_images", action="store_const", const=None, help="skip the indexing measurement")
     parser.add_argument("--augmentations", type=int, default=20, help="augmented views per reference photo for --index-images (default: %(default)s)")
     args = parser.parse_args(argv)
     batch_sizes = [int(value) for value in args.batch_sizes.split(",")]
@@ -178,14 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         matmul_rate = matmul_gflops(args.min_seconds / 2)
 
         if "torch" in backends:
-            measurements += measure_encoder(torch_encoder, "torch", batch_sizes, args.min_seconds)
+            measurements += measure_encoder(torch_encoder, f"torch {torch_encoder.precision}", batch_sizes, args.min_seconds)
 
         if "onnx" in backends:
             started = time.perf_counter()
             export_encoder(str(model_dir), onnx_dir, model_id="random-vit-b32")
             logger.info("exported to ONNX in %.1f s", time.perf_counter() - started)
             onnx_encoder = load_encoder(str(onnx_dir), device="cpu", backend="onnx")
-            measurements += measure_encoder(onnx_encoder, "onnx", batch_sizes, args.min_seconds)
+            measurements += measure_encoder(onnx_encoder, f"onnx {onnx_encoder.precision}", batch_sizes, args.min_seconds)
 
         if args.index_images is not None:
             index_timing = time_index_build(torch_encoder, args.index_images, args.augmentations)

@@ -9,13 +9,14 @@ Prints the machine and the settings, then four tables:
    (including the torch or onnxruntime import), index load (validation, search backend,
    Identifier) and the first POST /identify response, and whether torch was imported.
 2. Warm POST /identify, p50 and p95 over the sample query photos (tests/data/queries by
-   default, about 512 pixels on the long side) with 8 views and with 1 view, and over a
-   12-megapixel JPEG made by upscaling the first sample photo, with 8 views. Requests go
+   default, about 512 pixels on the long side) with 8 views and with 1 view. A
+   12-megapixel JPEG, made by upscaling the first sample photo, is sent with 8 views too. Requests go
    through the FastAPI application in process (starlette's TestClient), so the numbers
    include multipart parsing, decoding, the views, the encoder and the search, but no
    network.
 3. The parts of a warm 8-view query, called directly: decoding, shrinking and making the
-   views, preprocessing and encoding them as one batch, and the search.
+   views (handler.query.Identifier.view_images), preprocessing and encoding them as one
+   batch, and the search.
 4. Top-K search over 1k, 100k and 1M random unit prototypes with the backend that
    shared.search.build_search picks for that size (bench/search.py compares backends in detail).
 
@@ -157,17 +158,16 @@ def measure_warm(args: argparse.Namespace, views: int, payloads: list[tuple[str,
 
 def measure_parts(args: argparse.Namespace, payload: bytes, repeat: int) -> dict[str, float]:
     """Return the median seconds of each part of a warm 8-view query of one photo, called directly."""
-    from handler.query import DEFAULT_VIEWS
-    from shared.augment import query_views
+    from handler.query import DEFAULT_VIEWS, Identifier
     from shared.encoder import load_encoder, mean_embedding
     from shared.imaging import decode_image
     from shared.index_store import load_index
-    from shared.preprocess import shrink_for_views, view_source_side
+    from shared.preprocess import view_source_side
     from shared.search import build_search
 
     encoder = load_encoder(args.model, precision=args.precision)
     index = load_index(args.index)
-    search = build_search(index.embeddings, index.plant_ids)
+    identifier = Identifier(encoder, index, build_search(index.embeddings, index.plant_ids), views=DEFAULT_VIEWS)
     target_size = view_source_side(encoder.preprocess)
 
     parts: dict[str, list[float]] = {"decode": [], "views": [], "encode": [], "search": [], "total": []}
@@ -175,11 +175,11 @@ def measure_parts(args: argparse.Namespace, payload: bytes, repeat: int) -> dict
         started = time.perf_counter()
         image = decode_image(payload, target_size=target_size)
         decoded = time.perf_counter()
-        views = query_views(shrink_for_views(image, encoder.preprocess), DEFAULT_VIEWS)
+        views = identifier.view_images(image)
         viewed = time.perf_counter()
-        query = mean_embedding(encoder.encode(views, batch_size=DEFAULT_VIEWS))
+        query = mean_embedding(encoder.encode(views, batch_size=len(views)))
         encoded = time.perf_counter()
-        search.search(query[None, :], args.top_k)
+        identifier.search.search(query[None, :], args.top_k)
         searched = time.perf_counter()
         if attempt == 0:
             continue  # warm-up

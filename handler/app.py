@@ -194,18 +194,21 @@ def identify_photos(state: ServiceState, photos: list[tuple[str, bytes]], top_k:
     photo's error message is unchanged. Blocking: run it in a worker thread from async code.
     """
     from shared.imaging import DecodeLimits, decode_image
-    from shared.preprocess import view_source_side
+    from shared.preprocess import shrink_for_views, view_source_side
 
     identifier = state.identifier()
+    preprocess = identifier.encoder.preprocess
 
     limits = DecodeLimits(max_bytes=state.settings.max_upload_bytes, max_pixels=state.settings.max_pixels)
-    # Large JPEGs decode at reduced size, no smaller than the views need.
-    target_size = view_source_side(identifier.encoder.preprocess)
+    # Large JPEGs decode at reduced size, no smaller than the views need. Each photo is
+    # shrunk as soon as it is decoded (the Identifier would do it later), so five
+    # full-size photos never sit in memory together.
+    target_size = view_source_side(preprocess)
     images = []
     failures: list[tuple[int, str, ImageError]] = []
     for position, (name, data) in enumerate(photos, start=1):
         try:
-            images.append(decode_image(data, limits, target_size=target_size))
+            images.append(shrink_for_views(decode_image(data, limits, target_size=target_size), preprocess))
         except ImageError as error:
             failures.append((position, name, error))
 

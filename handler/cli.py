@@ -171,14 +171,22 @@ def run_serve(argv: Sequence[str]) -> int:
 
 COMMANDS = {"identify": run_identify, "serve": run_serve}
 
+USAGE = """usage: python -m handler {identify,serve} ...
+
+commands:
+  identify   identify photos against an index and print the ranked species
+  serve      run the HTTP API under uvicorn (the app that Lambda runs through Mangum)
+
+Run `python -m handler COMMAND --help` for the options of a command."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m handler {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return 2
+        print(USAGE, file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
         return COMMANDS[argv[0]](argv[1:])
     except PlantIdError as error:

@@ -88,16 +88,20 @@ class Identifier:
                 f"index version {index.version} stores an invalid rejection rule: {error.message}"
             ) from error
 
-    def embed(self, image: Image.Image, views: int | None = None) -> np.ndarray:
-        """Encode the photo and its test-time augmentations into one query embedding."""
+    def view_images(self, image: Image.Image, views: int | None = None) -> list[Image.Image]:
+        """Return the photo and its test-time augmentations, as the encoder receives them."""
         count = self.views if views is None else views
         preprocess = self.encoder.preprocess
         image = shrink_for_views(image, preprocess)
         # Views made at the model's resize target leave the encoder's preprocessing only a crop.
         size = resized_size(image.width, image.height, preprocess.shortest_edge)
-        view_images = query_views(image, count, size=size)
+        return query_views(image, count, size=size)
+
+    def embed(self, image: Image.Image, views: int | None = None) -> np.ndarray:
+        """Encode the photo and its test-time augmentations into one query embedding."""
+        view_images = self.view_images(image, views)
         # One batch for all views: batching them is faster than encoding them one by one.
-        return mean_embedding(self.encoder.encode(view_images, batch_size=max(count, 1)))
+        return mean_embedding(self.encoder.encode(view_images, batch_size=len(view_images)))
 
     def embed_many(self, images: Sequence[Image.Image], views: int | None = None) -> np.ndarray:
         """Return the query embedding of photos of one plant: the L2-normalised mean of their query embeddings.

@@ -17,7 +17,7 @@ from indexer.encoders import load_model
 from indexer.scan import REFERENCE_PREFIX, ReferencePhoto, ScanResult, Skipped, find_reference_photos, split_photo_number
 from indexer.shards import Shard, merge_indexes, parse_shard
 from indexer.thumbnails import thumbnail_meta, write_thumbnails
-from shared.augment import DEFAULT_RECIPE, get_recipe
+from shared.augment import DEFAULT_RECIPE, RECIPES, get_recipe
 from shared.catalog import SpeciesInfo, read_species_csv
 from shared.encoder import DEFAULT_MODEL_ID, PRECISIONS
 from shared.errors import PlantIdError
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="Hugging Face model id, local save_pretrained folder, or proxy:efficientnet-lite0 for the development-only proxy encoder (default: %(default)s)")
     parser.add_argument("--augmentations", type=int, default=20, help="augmented views per reference photo, besides the original (default: %(default)s)")
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE.name, help="augmentation recipe name (default: %(default)s)")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE.name, choices=sorted(RECIPES), help="augmentation recipe (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the augmentations (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per encoder batch; the views of one photo always share a batch, so batches are at least --augmentations + 1 images (default: %(default)s)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the encoder runs (default: %(default)s)")

@@ -309,7 +309,7 @@ def _rotate_crop_resize(
     """Return _rotate_and_crop(image, degrees) resized to `size`.
 
     One affine transform computes only the pixels of the crop, with the same map as
-    Image.rotate, so the crop is identical to _rotate_and_crop's at a third of the cost.
+    Image.rotate, so the crop is identical to _rotate_and_crop's and costs less.
     """
     width, height = image.size
     crop_width, crop_height = _rotation_crop_size(width, height, degrees)
@@ -365,7 +365,7 @@ def _apply_base_view(image: Image.Image, kind: str, amount: float) -> Image.Imag
 
 
 def _view_at_size(image: Image.Image, kind: str, amount: float, size: tuple[int, int], fill: tuple[int, int, int]) -> Image.Image:
-    """Return a base view of `image` made directly at `size`, with one resampling step."""
+    """Return a base view of `image` resized straight to `size`, without the resize back to the image's size."""
     if kind == "rotate":
         return _rotate_crop_resize(image, amount, size, fill)
     if kind == "crop":

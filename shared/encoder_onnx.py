@@ -128,6 +128,9 @@ def _session_options() -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning: on a 2-core machine, spinning threads took
+    # CPU time from the working ones, and a batch of 8 images ran about 6 % slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     threads = configured_threads()
     if threads is not None:
         options.intra_op_num_threads = threads
