@@ -34,7 +34,7 @@ browser:
 	fi
 
 # S3 (moto), an index of $(IMAGES), the API and the web page on 127.0.0.1 until Ctrl-C.
-serve: $(STAMP) browser
+serve: $(STAMP)
 	$(PY) -m infra.local_stack --model "$(MODEL)" --images "$(IMAGES)" $(if $(CSV),--csv "$(CSV)")
 
 demo: $(STAMP)
