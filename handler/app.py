@@ -149,7 +149,7 @@ def identification_body(result: Any, encoder: Any) -> dict[str, Any]:
                 "scientific_name": match.scientific_name,
                 "common_name": match.common_name,
                 "score": match.score,
-                "thumbnail_url": thumbnail_path(match.plant_id),
+                "thumbnail_url": thumbnail_path(match.plant_id, result.index_version),
             }
             for match in result.matches
         ],
@@ -593,6 +593,9 @@ def create_app(settings: Settings | None = None, *, state: ServiceState | None =
     return app
 
 
+HTTP_ERROR_CODES = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
 def _add_exception_handlers(app: FastAPI) -> None:
     @app.exception_handler(PlantIdError)
     async def plant_id_error(request: Request, error: PlantIdError) -> JSONResponse:
@@ -601,6 +604,18 @@ def _add_exception_handlers(app: FastAPI) -> None:
         else:
             logger.info("%s %s -> %d %s: %s", request.method, request.url.path, error.status, error.code, error.message)
         return JSONResponse(error.to_dict(), status_code=error.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        # Routing and body-parsing errors (404, 405, an unparsable body) get the same
+        # {"error", "message"} shape as the service's own errors.
+        code = HTTP_ERROR_CODES.get(error.status_code, "http_error")
+        logger.info("%s %s -> %d %s: %s", request.method, request.url.path, error.status_code, code, error.detail)
+        return JSONResponse(
+            {"error": code, "message": str(error.detail)},
+            status_code=error.status_code,
+            headers=getattr(error, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -55,9 +55,16 @@ class ThumbnailNotFoundError(PlantIdError):
     code = "thumbnail_not_found"
 
 
-def thumbnail_path(plant_id: str) -> str:
-    """Return the path of a species' thumbnail, relative to the API base URL."""
-    return f"/species/{urllib.parse.quote(plant_id, safe='')}/thumbnail"
+def thumbnail_path(plant_id: str, index_version: str | None = None) -> str:
+    """Return the path of a species' thumbnail, relative to the API base URL.
+
+    The index version goes into the query string, so a browser that cached the thumbnail
+    of one index version fetches it again after a new index is published.
+    """
+    path = f"/species/{urllib.parse.quote(plant_id, safe='')}/thumbnail"
+    if index_version:
+        path += "?" + urllib.parse.urlencode({"v": index_version})
+    return path
 
 
 def validate_plant_id(plant_id: str) -> str:

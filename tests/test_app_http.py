@@ -412,3 +412,23 @@ def test_serve_command(index_dir, tiny_model_dir):
         _, stderr = process.communicate(timeout=30)
 
     assert status == 200, stderr.decode(errors="replace")[-2000:]
+
+
+def test_unparsable_body_error_shape(client):
+    response = client.post("/uploads", content=b"\xff\xfe{", headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_body"
+    assert "parsing the body" in response.json()["message"]
+
+
+def test_unknown_route_error_shape(client):
+    response = client.get("/no-such-route")
+    assert response.status_code == 404
+    assert response.json() == {"error": "not_found", "message": "Not Found"}
+
+
+def test_wrong_method_error_shape(client):
+    response = client.delete("/identify")
+    assert response.status_code == 405
+    assert response.json()["error"] == "method_not_allowed"
+    assert "POST" in response.headers["allow"]

@@ -201,7 +201,7 @@ def test_identify_gives_thumbnail_url(client, sample_dir):
     body = client.post("/identify", files={"file": (photo.name, photo.read_bytes(), "image/jpeg")}).json()
     first = body["matches"][0]
 
-    assert first["thumbnail_url"] == "/species/3/thumbnail"
+    assert first["thumbnail_url"] == f"/species/3/thumbnail?v={body['index_version']}"
     assert client.get(first["thumbnail_url"]).status_code == 200
 
 
