@@ -17,6 +17,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import ConfigError, ModelLoadError
-from shared.preprocess import PreprocessConfig
+from shared.preprocess import PreprocessConfig, to_pixel_values
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,39 @@ class ImageEncoder(Protocol):
     def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
         ...
+
+
+@dataclass
+class BatchedImageEncoder:
+    """Fields and batching shared by the encoder backends.
+
+    A backend sets `backend` and implements `encode_pixels`, which maps one batch of
+    preprocessed pixel values [B, 3, H, W] to unnormalised embeddings [B, D].
+    """
+
+    model_id: str
+    revision: str | None
+    dimension: int
+    device: str
+    is_test_model: bool
+    preprocess: PreprocessConfig
+    backend: str = ""
+    precision: str = "float32"
+
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
+        ranges = batch_ranges(len(images), batch_size)
+        if not ranges:
+            return np.empty((0, self.dimension), dtype=np.float32)
+
+        outputs = []
+        for start, stop in ranges:
+            pixel_values = to_pixel_values(images[start:stop], self.preprocess)
+            outputs.append(self.encode_pixels(pixel_values))
+        return l2_normalize(np.concatenate(outputs, axis=0))
 
 
 def l2_normalize(embeddings: np.ndarray) -> np.ndarray:

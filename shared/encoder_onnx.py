@@ -10,7 +10,6 @@ Neither torch nor transformers is imported, which keeps cold starts short.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,18 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-from PIL import Image
 
 from shared.encoder import (
     ENCODER_INFO_FILE,
+    BatchedImageEncoder,
     MAX_AUTO_DEVIATION,
     ONNX_INT8_MODEL_FILE,
     ONNX_MODEL_FILE,
-    batch_ranges,
     configured_threads,
-    l2_normalize,
     read_json_file,
 )
 from shared.errors import ConfigError, ModelLoadError
-from shared.preprocess import PreprocessConfig, to_pixel_values
+from shared.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -139,31 +136,15 @@ def _session_options() -> ort.SessionOptions:
 
 
 @dataclass
-class OnnxImageEncoder:
+class OnnxImageEncoder(BatchedImageEncoder):
     """CLIP image encoder running an exported vision tower in ONNX Runtime."""
 
-    session: Any
-    model_id: str
-    revision: str | None
-    dimension: int
-    device: str
-    is_test_model: bool
-    preprocess: PreprocessConfig
     backend: str = "onnx"
-    precision: str = "float32"
+    session: Any = None
 
-    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
-        ranges = batch_ranges(len(images), batch_size)
-        if not ranges:
-            return np.empty((0, self.dimension), dtype=np.float32)
-
-        outputs = []
-        for start, stop in ranges:
-            pixel_values = to_pixel_values(images[start:stop], self.preprocess)
-            (embeds,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})
-            outputs.append(embeds)
-        return l2_normalize(np.concatenate(outputs, axis=0))
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        (embeds,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: pixel_values})
+        return embeds
 
 
 def load_onnx_encoder(folder: Path, *, device: str, precision: str = "float32") -> OnnxImageEncoder:

@@ -13,27 +13,25 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from shared.encoder import (
+    BatchedImageEncoder,
     CONFIG_FILE,
-    batch_ranges,
     configured_threads,
     cpu_has_native_bf16,
     hub_unreachable_message,
     is_test_model_config,
-    l2_normalize,
     read_json_file,
 )
 from shared.errors import ConfigError, ModelLoadError
-from shared.preprocess import PreprocessConfig, to_pixel_values
+from shared.preprocess import PreprocessConfig
 
 logger = logging.getLogger(__name__)
 
@@ -221,34 +219,18 @@ def _load_preprocess(model: str, folder: Path | None) -> PreprocessConfig:
 
 
 @dataclass
-class TorchImageEncoder:
+class TorchImageEncoder(BatchedImageEncoder):
     """CLIP image encoder running transformers' CLIPVisionModelWithProjection."""
 
-    model: Any
-    model_id: str
-    revision: str | None
-    dimension: int
-    device: str
-    is_test_model: bool
-    preprocess: PreprocessConfig
     backend: str = "torch"
-    precision: str = "float32"
+    model: Any = None
 
-    def encode(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Encode images into float32 [len(images), dimension], each row of unit L2 norm."""
-        ranges = batch_ranges(len(images), batch_size)
-        if not ranges:
-            return np.empty((0, self.dimension), dtype=np.float32)
-
+    def encode_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
         input_dtype = INPUT_DTYPES.get(self.precision, torch.float32)
-        outputs = []
         with torch.inference_mode():
-            for start, stop in ranges:
-                pixel_values = to_pixel_values(images[start:stop], self.preprocess)
-                tensor = torch.from_numpy(pixel_values).to(device=self.device, dtype=input_dtype)
-                embeds = self.model(pixel_values=tensor).image_embeds
-                outputs.append(embeds.float().cpu().numpy())
-        return l2_normalize(np.concatenate(outputs, axis=0))
+            tensor = torch.from_numpy(pixel_values).to(device=self.device, dtype=input_dtype)
+            embeds = self.model(pixel_values=tensor).image_embeds
+            return embeds.float().cpu().numpy()
 
 
 def load_torch_encoder(model: str, *, folder: Path | None, device: str, precision: str = "float32") -> TorchImageEncoder:
