@@ -394,7 +394,7 @@ async def _read_json(request: Request) -> Any:
         ) from None
     except UnicodeDecodeError as error:
         # json.loads decodes bytes as UTF-8, UTF-16 or UTF-32 first, and raises this error,
-        # not JSONDecodeError, for bytes that are none of them.
+        # not JSONDecodeError, for bytes in none of these encodings.
         raise RequestValidationError(
             [
                 {

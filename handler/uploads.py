@@ -151,7 +151,7 @@ def create_presigned_upload(
             ExpiresIn=expires_in,
         )
     except (BotoCoreError, ClientError) as error:
-        # Signing is local, so this only fails without credentials or region.
+        # Signing sends no request to S3, so it fails only when credentials or the region are missing.
         logger.error("presigning an upload to s3://%s/%s failed: %s", bucket, key, error)
         raise StorageError(f"cannot create an upload form: {error}") from error
 

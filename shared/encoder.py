@@ -335,7 +335,7 @@ def load_encoder(
     onnx backend under backend="auto", anything else the torch backend. device="auto"
     picks CUDA when the backend can use it, else the CPU. precision="auto" picks the
     number format as described at PRECISIONS, and the encoder's `precision` attribute
-    tells which one runs. Raises ConfigError for a precision that the backend or device
+    names the format in use. Raises ConfigError for a precision that the backend or device
     cannot run, and ModelLoadError when the model cannot be loaded. Randomly initialised
     weights are never substituted.
     """

@@ -1,6 +1,6 @@
 """Typed errors shared by the indexer, the command line and the inference function.
 
-Each error carries the HTTP status that the inference function answers with and a
+Each error carries the HTTP status that the inference function responds with and a
 short machine-readable code, so every entry point reports the same problem the same way.
 """
 

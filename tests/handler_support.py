@@ -82,41 +82,33 @@ _INDEX_CACHE: dict[tuple[str, str], Path] = {}
 def tiny_index(model_dir: Path, sample_dir: Path, dest: Path) -> Path:
     """Build the index of the sample reference photos with the tiny model, once per session.
 
-    Each prototype is the query embedding of its reference photo (the same 8 views that
-    the query path uses), so a reference photo sent to the service scores 1.0 against its
-    own prototype. Prototypes built from random augmentations are too close together
-    under the random tiny model for a reliable rank 1.
+    The prototypes come from the indexer's own build step with the default recipe and 20
+    augmentations, the settings under which each sample reference photo ranks its own
+    species first with the tiny model. The index has no thumbnails.
     """
     cache_key = (str(model_dir), str(sample_dir))
     cached = _INDEX_CACHE.get(cache_key)
     if cached is not None:
         return cached
 
-    import numpy as np
-
-    from handler.query import DEFAULT_VIEWS, mean_embedding
-    from shared.augment import query_views
+    from indexer.build import build_prototypes
+    from indexer.scan import find_reference_photos
+    from shared.augment import DEFAULT_RECIPE
     from shared.catalog import read_species_csv
     from shared.encoder import load_encoder
-    from shared.imaging import decode_image
     from shared.index_store import write_index
-    from shared.preprocess import shrink_for_views
 
     encoder = load_encoder(str(model_dir))
     catalog, _ = read_species_csv(sample_dir / "species.csv")
-    photos = reference_photos(sample_dir)
-
-    embeddings = []
-    for photo in photos.values():
-        image = shrink_for_views(decode_image(photo.read_bytes()), encoder.preprocess)
-        embeddings.append(mean_embedding(encoder.encode(query_views(image, DEFAULT_VIEWS))))
+    scan = find_reference_photos(sample_dir / "reference")
+    result = build_prototypes(scan.photos, encoder, DEFAULT_RECIPE, count=20, seed=0, progress=False)
 
     meta = {
         "model": {"id": encoder.model_id, "revision": encoder.revision, "backend": encoder.backend},
-        "species": [catalog[plant_id].to_row() for plant_id in photos],
+        "species": [catalog[plant_id].to_row() for plant_id in result.plant_ids],
         "test_model": encoder.is_test_model,
     }
-    write_index(str(dest), np.stack(embeddings), list(photos), meta)
+    write_index(str(dest), result.embeddings, result.plant_ids, meta)
     _INDEX_CACHE[cache_key] = dest
     return dest
 
